@@ -1,0 +1,79 @@
+"""POST /v1/chat/completions: the passthrough path."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from proxy.api.deps import Services, ServicesDep, require_api_key
+from proxy.api.request import ChatRequest, parse_chat_request
+from proxy.api.streaming import DONE, SSEResponse, guard_stream, sse_data, until_disconnect
+from proxy.registry import Deployment
+
+router = APIRouter(dependencies=[Depends(require_api_key)])
+
+_DIRECT = {"x-rlm-mode": "direct"}
+
+
+@router.post("/v1/chat/completions")
+@router.post("/chat/completions", include_in_schema=False)
+async def chat_completions(request: Request, services: ServicesDep) -> Response:
+    chat = parse_chat_request(await request.body())
+    deployment = services.registry.resolve(chat.model)
+    if chat.stream:
+        return await _stream_direct(request, services, deployment, chat)
+    completion = await until_disconnect(request.receive, services.upstream.complete(deployment, chat.body))
+    return Response(orjson.dumps(completion), media_type="application/json", headers=_DIRECT)
+
+
+async def _stream_direct(request: Request, services: Services, deployment: Deployment,
+                         chat: ChatRequest) -> Response:
+    chunks = services.upstream.stream(deployment, chat.body)
+    # Wait for the first chunk before answering, so that upstream failures still get a real status.
+    first = await until_disconnect(request.receive, anext(chunks, None))
+    return SSEResponse(guard_stream(_relay(first, chunks, chat.include_usage)), headers=_DIRECT)
+
+
+async def _relay(first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, Any]],
+                 include_usage: bool) -> AsyncIterator[bytes]:
+    """Re-emit upstream chunks with usage placed exactly as the OpenAI API does.
+
+    The upstream is always asked for usage; providers differ in where they put it (a trailing
+    `choices: []` chunk, or the last content chunk), so it is collected and sent once at the end.
+    """
+    usage: dict[str, Any] | None = None
+    last: dict[str, Any] | None = None
+    pending = [first] if first is not None else []
+    async for chunk in _chain(pending, chunks):
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        if not chunk.get("choices") or _carries_nothing(chunk):
+            continue  # usage-only (re-sent at the end if asked for), or litellm's empty trailer
+        chunk.pop("usage", None)
+        if include_usage:
+            chunk["usage"] = None
+        last = chunk
+        yield sse_data(chunk)
+    if include_usage and usage is not None:
+        template = last or {}
+        yield sse_data({"id": template.get("id", ""), "object": "chat.completion.chunk",
+                        "created": template.get("created", 0), "model": template.get("model", ""),
+                        "choices": [], "usage": usage})
+    yield DONE
+
+
+def _carries_nothing(chunk: dict[str, Any]) -> bool:
+    return all(not choice.get("delta") and not choice.get("finish_reason") and not choice.get("logprobs")
+               for choice in chunk["choices"])
+
+
+async def _chain(head: list[dict[str, Any]],
+                 tail: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    for item in head:
+        yield item
+    async for item in tail:
+        yield item

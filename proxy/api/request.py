@@ -1,0 +1,92 @@
+"""Parsing and validating the Chat Completions request body without a schema library.
+
+Bodies can be tens of megabytes, so validation only looks at the fields the proxy relies on; the upstream
+checks the rest and its 400s are passed back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from proxy.errors import ProxyError, invalid_request
+
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    body: dict[str, Any]  # forwarded upstream as is
+    model: str
+    stream: bool
+    include_usage: bool
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return self.body["messages"]
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    if not raw.strip():
+        raise invalid_request("The request body is empty; expected a JSON object.", code="invalid_json")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise invalid_request(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise invalid_request("The request body must be a JSON object.", code="invalid_json")
+    model = _required(body, "model", str, "a string")
+    if not model:
+        raise invalid_request("'model' must not be empty.", param="model", code="invalid_value")
+    _check_messages(_required(body, "messages", list, "an array"))
+    stream = _optional(body, "stream", bool, "a boolean") or False
+    options = _optional(body, "stream_options", dict, "an object")
+    if options is not None and not stream:
+        raise invalid_request("'stream_options' is only allowed when 'stream' is true.",
+                              param="stream_options", code="invalid_value")
+    include_usage = bool(options and _optional(options, "include_usage", bool, "a boolean",
+                                               param="stream_options.include_usage"))
+    return ChatRequest(body=body, model=model, stream=stream, include_usage=include_usage)
+
+
+def _required(body: dict[str, Any], name: str, kind: type, described: str) -> Any:
+    if name not in body:
+        raise invalid_request(f"Missing required parameter: '{name}'.", param=name,
+                              code="missing_required_parameter")
+    value = _optional(body, name, kind, described)
+    if value is None:
+        raise _wrong_type(name, described, value)
+    return value
+
+
+def _optional(body: dict[str, Any], name: str, kind: type, described: str, param: str | None = None) -> Any:
+    value = body.get(name)
+    if value is not None and not isinstance(value, kind):
+        raise _wrong_type(param or name, described, value)
+    return value
+
+
+def _wrong_type(param: str, described: str, value: Any) -> ProxyError:
+    return invalid_request(f"'{param}' must be {described}, got {type(value).__name__}.", param=param,
+                           code="invalid_type")
+
+
+def _check_messages(messages: list[Any]) -> None:
+    if not messages:
+        raise invalid_request("'messages' must contain at least one message.", param="messages",
+                              code="invalid_value")
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise _wrong_type(where, "an object", message)
+        role = message.get("role")
+        if role not in _ROLES:
+            raise invalid_request(f"'{where}.role' must be one of {', '.join(sorted(_ROLES))}.",
+                                  param=f"{where}.role", code="invalid_value")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise _wrong_type(f"{where}.content", "a string or an array of content parts", content)
+        if isinstance(content, list) and not all(isinstance(part, dict) for part in content):
+            raise _wrong_type(f"{where}.content", "an array of content-part objects", content)

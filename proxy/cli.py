@@ -1,0 +1,74 @@
+"""`rlm-proxy serve` and `rlm-proxy mock-upstream`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import uvicorn
+
+from proxy.config import ConfigError, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlm-proxy", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the proxy")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=4000)
+    serve.add_argument("--config", help="YAML config file (default: $RLM_PROXY_CONFIG, else defaults)")
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--log-level", default="info")
+
+    mock = commands.add_parser("mock-upstream", help="run the mock OpenAI-compatible model server")
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, default=8001)
+    mock.add_argument("--latency-ms", type=float, default=0.0)
+    mock.add_argument("--stream-deltas", type=int, default=4)
+    mock.add_argument("--context-window-tokens", type=int, default=None)
+    mock.add_argument("--error-rate", type=float, default=0.0)
+    mock.add_argument("--error-status", type=int, default=500)
+    mock.add_argument("--seed", type=int, default=0)
+    mock.add_argument("--reply", default=None, help="fixed reply text")
+    mock.add_argument("--model-name", default="mock-model")
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return _mock(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.config:
+        os.environ["RLM_PROXY_CONFIG"] = args.config  # worker processes load the same file
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"rlm-proxy: {exc}", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        uvicorn.run("proxy.app:create_app_from_env", factory=True, host=args.host, port=args.port,
+                    workers=args.workers, log_level=args.log_level, access_log=False)
+    else:
+        from proxy.app import create_app
+
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
+                    access_log=False)
+    return 0
+
+
+def _mock(args: argparse.Namespace) -> int:
+    from proxy.mock_upstream import MockSettings, run_mock
+
+    settings = MockSettings(latency_ms=args.latency_ms, stream_deltas=args.stream_deltas,
+                            context_window_tokens=args.context_window_tokens, error_rate=args.error_rate,
+                            error_status=args.error_status, seed=args.seed, reply=args.reply,
+                            model_name=args.model_name)
+    run_mock(settings, host=args.host, port=args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

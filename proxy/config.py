@@ -1,0 +1,142 @@
+"""Settings: one YAML file, every field overridable from `RLM_PROXY_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_REFERENCE_PREFIX = "os.environ/"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot start the proxy; the message names the offending setting."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelInfo(BaseModel):
+    # LiteLLM's model_info carries many provider fields; keep them, use only ours.
+    model_config = ConfigDict(extra="allow")
+
+    max_input_tokens: int | None = Field(default=None, gt=0)
+    rlm_threshold_tokens: int | None = Field(default=None, gt=0)
+
+
+class ModelEntry(_Section):
+    model_name: str = Field(min_length=1)
+    litellm_params: dict[str, Any]
+    model_info: ModelInfo = ModelInfo()
+
+    @field_validator("litellm_params")
+    @classmethod
+    def _needs_model(cls, params: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(params.get("model"), str) or not params["model"]:
+            raise ValueError("litellm_params.model is required (e.g. openai/gpt-4o)")
+        return params
+
+
+class ServerSettings(_Section):
+    master_key: SecretStr | None = None
+    api_keys: list[SecretStr] = []
+    max_body_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    cors_origins: list[str] = []
+    health_routes: bool = True
+
+
+class UpstreamSettings(_Section):
+    timeout_s: float = Field(default=600.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    retry_backoff_s: float = Field(default=0.5, ge=0)
+    retry_backoff_max_s: float = Field(default=8.0, ge=0)
+    # OpenAI-compatible deployments (`openai/...`) skip litellm's per-call overhead.
+    fast_path: bool = True
+    max_connections: int = Field(default=1000, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RLM_PROXY_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    model_list: list[ModelEntry] = []
+    server: ServerSettings = ServerSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    # Accepted so that a LiteLLM Proxy config file loads unchanged; rlm-proxy does not read them.
+    litellm_settings: dict[str, Any] = {}
+    general_settings: dict[str, Any] = {}
+    router_settings: dict[str, Any] = {}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment must win over it.
+        return env_settings, init_settings
+
+
+def load_settings(config_path: str | os.PathLike[str] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from the YAML file (argument or `RLM_PROXY_CONFIG`) and the environment."""
+    environ = os.environ if environ is None else environ
+    path = config_path or environ.get("RLM_PROXY_CONFIG")
+    data = _read_yaml(Path(path)) if path else {}
+    data = _resolve_env_references(data, environ, location="")
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _resolve_env_references(value: Any, environ: Mapping[str, str], location: str) -> Any:
+    """Replace LiteLLM-style `os.environ/NAME` strings with the variable's value."""
+    if isinstance(value, dict):
+        return {k: _resolve_env_references(v, environ, _join(location, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_env_references(v, environ, _join(location, i)) for i, v in enumerate(value)]
+    if isinstance(value, str) and value.startswith(ENV_REFERENCE_PREFIX):
+        name = value.removeprefix(ENV_REFERENCE_PREFIX)
+        if name not in environ:
+            raise ConfigError(f"setting '{location}' refers to environment variable {name}, which is not set")
+        return environ[name]
+    return value
+
+
+def _join(location: str, key: object) -> str:
+    return f"{location}.{key}" if location else str(key)
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        problems.append(f"setting '{where}': {error['msg']}")
+    return "invalid configuration: " + "; ".join(problems)

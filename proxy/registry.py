@@ -1,0 +1,59 @@
+"""Maps the model names clients ask for to upstream deployments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.config import ModelEntry
+from proxy.errors import ProxyError
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One upstream target: the litellm model string plus its call parameters (api_base, api_key...)."""
+
+    name: str  # what the client asked for
+    model: str  # litellm's `provider/model`
+    params: dict[str, Any] = field(default_factory=dict)
+    max_input_tokens: int | None = None
+    rlm_threshold_tokens: int | None = None
+
+    @property
+    def provider(self) -> str:
+        return self.model.split("/", 1)[0] if "/" in self.model else ""
+
+    @property
+    def provider_model(self) -> str:
+        """The model name as the provider itself knows it."""
+        return self.model.split("/", 1)[1] if "/" in self.model else self.model
+
+
+class ModelRegistry:
+    """With a model list, only listed names resolve; without one, any name goes to litellm as is."""
+
+    def __init__(self, entries: list[ModelEntry]) -> None:
+        self._by_name: dict[str, Deployment] = {}
+        for entry in entries:
+            params = {k: v for k, v in entry.litellm_params.items() if k != "model"}
+            # The first entry of a repeated name wins; LiteLLM would load-balance, we keep it simple.
+            self._by_name.setdefault(entry.model_name, Deployment(
+                name=entry.model_name,
+                model=entry.litellm_params["model"],
+                params=params,
+                max_input_tokens=entry.model_info.max_input_tokens,
+                rlm_threshold_tokens=entry.model_info.rlm_threshold_tokens,
+            ))
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._by_name)
+
+    def resolve(self, name: str) -> Deployment:
+        if not self._by_name:
+            return Deployment(name=name, model=name)
+        deployment = self._by_name.get(name)
+        if deployment is None:
+            raise ProxyError(404, f"The model '{name}' does not exist or is not served by this proxy.",
+                             code="model_not_found", param="model")
+        return deployment

@@ -1,0 +1,305 @@
+"""Calls to model providers: litellm for any provider, a direct HTTP fast path for OpenAI-compatible ones.
+
+Both backends raise `UpstreamError`; `Upstream` adds bounded retries with backoff on top of either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol, TypeVar
+
+import httpx
+import orjson
+
+from proxy.config import UpstreamSettings
+from proxy.errors import ProxyError
+from proxy.registry import Deployment
+
+T = TypeVar("T")
+
+OPENAI_DEFAULT_BASE = "https://api.openai.com/v1"
+# litellm_params the fast path understands; a deployment with any other parameter goes through litellm.
+_FAST_PATH_PARAMS = frozenset({"api_base", "api_key", "timeout", "organization"})
+
+
+class UpstreamError(ProxyError):
+    def __init__(self, status: int, message: str, *, code: str, retryable: bool,
+                 param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, message, code=code, param=param, headers=headers)
+        self.retryable = retryable
+        self.retry_after: float | None = None
+
+
+def error_from_status(status: int, message: str, code: str | None = None, param: str | None = None,
+                      retry_after: str | None = None) -> UpstreamError:
+    """Translate a provider's HTTP status into what this proxy tells its client."""
+    detail = f"Upstream error: {message}"
+    if status in (400, 413, 422):
+        return UpstreamError(400 if status == 422 else status, message, code=code or "upstream_bad_request",
+                             param=param, retryable=False)
+    if status in (401, 403):
+        # The proxy's provider credentials failed, not the client's key: not an AuthenticationError.
+        return UpstreamError(502, detail, code="upstream_auth_failed", retryable=False)
+    if status == 404:
+        return UpstreamError(404, detail, code=code or "model_not_found", param="model", retryable=False)
+    if status == 429:
+        error = UpstreamError(429, detail, code="rate_limit_exceeded", retryable=True,
+                              headers={"retry-after": _retry_after_header(retry_after)})
+        error.retry_after = _parse_seconds(retry_after)
+        return error
+    if status in (408, 504):
+        return UpstreamError(504, detail, code="upstream_timeout", retryable=True)
+    return UpstreamError(502, detail, code="upstream_error", retryable=status >= 500)
+
+
+def timeout_error(timeout_s: float) -> UpstreamError:
+    return UpstreamError(504, f"The upstream model did not answer within {timeout_s:g} s.",
+                         code="upstream_timeout", retryable=True)
+
+
+def connection_error(detail: str) -> UpstreamError:
+    return UpstreamError(502, f"Could not reach the upstream model: {detail}", code="upstream_unreachable",
+                         retryable=True)
+
+
+def malformed_error(detail: str) -> UpstreamError:
+    return UpstreamError(502, f"The upstream model sent a malformed response: {detail}",
+                         code="upstream_malformed_response", retryable=False)
+
+
+def _parse_seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _retry_after_header(value: str | None) -> str:
+    seconds = _parse_seconds(value)
+    return str(max(1, round(seconds))) if seconds is not None else "1"
+
+
+class Backend(Protocol):
+    async def complete(self, deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    def stream(self, deployment: Deployment, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]: ...
+
+
+class OpenAICompatBackend:
+    """POSTs the client's body, model renamed, straight to an OpenAI-compatible endpoint."""
+
+    def __init__(self, http: httpx.AsyncClient, settings: UpstreamSettings) -> None:
+        self._http = http
+        self._settings = settings
+
+    def _request(self, deployment: Deployment, body: dict[str, Any], stream: bool) -> httpx.Request:
+        params = deployment.params
+        base = str(params.get("api_base") or OPENAI_DEFAULT_BASE).rstrip("/")
+        payload = {**body, "model": deployment.provider_model}
+        if stream:
+            # Always ask for usage: the proxy accounts for it even when the client did not ask.
+            payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        headers = {"content-type": "application/json"}
+        api_key = params.get("api_key") or os.environ.get("OPENAI_API_KEY")
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
+        if params.get("organization"):
+            headers["openai-organization"] = str(params["organization"])
+        timeout = float(params.get("timeout") or self._settings.timeout_s)
+        return self._http.build_request("POST", f"{base}/chat/completions", content=orjson.dumps(payload),
+                                        headers=headers, timeout=timeout)
+
+    async def complete(self, deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
+        request = self._request(deployment, body, stream=False)
+        with _translate_transport_errors(request):
+            response = await self._http.send(request)
+        if response.status_code != 200:
+            raise _error_from_response(response.status_code, response.content, response.headers)
+        try:
+            data = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            raise malformed_error("body is not JSON") from None
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            raise malformed_error("no 'choices' list")
+        return data
+
+    async def stream(self, deployment: Deployment, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        request = self._request(deployment, body, stream=True)
+        with _translate_transport_errors(request):
+            response = await self._http.send(request, stream=True)
+            try:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise _error_from_response(response.status_code, response.content, response.headers)
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    yield _parse_chunk(data)
+                raise malformed_error("the stream ended without [DONE]")
+            finally:
+                await response.aclose()
+
+
+def _parse_chunk(data: str) -> dict[str, Any]:
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise malformed_error("a stream chunk is not JSON") from None
+    if not isinstance(chunk, dict):
+        raise malformed_error("a stream chunk is not an object")
+    if "error" in chunk:
+        error = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
+        raise error_from_status(502, str(error.get("message", "error inside the stream")))
+    return chunk
+
+
+def _error_from_response(status: int, content: bytes, headers: httpx.Headers) -> UpstreamError:
+    message, code, param = f"HTTP {status}", None, None
+    try:
+        error = orjson.loads(content).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        error = None
+    if isinstance(error, dict):
+        message = str(error.get("message") or message)
+        code = error.get("code") if isinstance(error.get("code"), str) else None
+        param = error.get("param") if isinstance(error.get("param"), str) else None
+    return error_from_status(status, message, code, param, headers.get("retry-after"))
+
+
+@contextmanager
+def _translate_transport_errors(request: httpx.Request) -> Iterator[None]:
+    """httpx transport failures become 502/504 `UpstreamError`s."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise timeout_error(request.extensions.get("timeout", {}).get("read") or 0) from exc
+    except httpx.TransportError as exc:
+        raise connection_error(type(exc).__name__) from exc
+
+
+class LiteLLMBackend:
+    """Any provider litellm supports; errors arrive as litellm exceptions carrying a status code."""
+
+    def __init__(self, settings: UpstreamSettings) -> None:
+        # Without this litellm fetches a price map from the internet at import time.
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        import litellm
+
+        litellm.suppress_debug_info = True
+        self._litellm = litellm
+        self._settings = settings
+
+    def _kwargs(self, deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
+        return {**body, **deployment.params, "model": deployment.model, "max_retries": 0,
+                "timeout": float(deployment.params.get("timeout") or self._settings.timeout_s)}
+
+    async def complete(self, deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
+        kwargs = self._kwargs(deployment, body)
+        try:
+            response = await self._litellm.acompletion(**kwargs)
+        except Exception as exc:
+            raise self._translate(exc, kwargs["timeout"]) from exc
+        return response.model_dump()
+
+    async def stream(self, deployment: Deployment, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        kwargs = self._kwargs(deployment, body)
+        kwargs["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        try:
+            response = await self._litellm.acompletion(**kwargs)
+            async for chunk in response:
+                yield chunk.model_dump(exclude_none=True)
+        except Exception as exc:
+            raise self._translate(exc, kwargs["timeout"]) from exc
+
+    def _translate(self, exc: Exception, timeout_s: float) -> Exception:
+        exceptions = self._litellm.exceptions
+        if isinstance(exc, exceptions.Timeout):
+            return timeout_error(timeout_s)
+        if isinstance(exc, exceptions.ContextWindowExceededError):
+            return UpstreamError(400, str(exc), code="context_length_exceeded", param="messages",
+                                 retryable=False)
+        if isinstance(exc, exceptions.APIConnectionError):
+            return connection_error(str(exc))
+        status = getattr(exc, "status_code", None)
+        if not isinstance(status, int):
+            return malformed_error(f"{type(exc).__name__}: {exc}")
+        code = getattr(exc, "code", None)
+        response = getattr(exc, "response", None)
+        retry_after = response.headers.get("retry-after") if isinstance(response, httpx.Response) else None
+        return error_from_status(status, str(exc), code if isinstance(code, str) else None,
+                                 getattr(exc, "param", None), retry_after)
+
+
+class Upstream:
+    """The single entry point for model calls, with retries; picks the backend per deployment."""
+
+    def __init__(self, settings: UpstreamSettings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._settings = settings
+        limits = httpx.Limits(max_connections=settings.max_connections,
+                              max_keepalive_connections=settings.max_connections)
+        self._http = httpx.AsyncClient(limits=limits, timeout=settings.timeout_s, transport=transport)
+        self._fast = OpenAICompatBackend(self._http, settings)
+        self._litellm: LiteLLMBackend | None = None
+
+    def backend_for(self, deployment: Deployment) -> Backend:
+        if (self._settings.fast_path and deployment.provider == "openai"
+                and _FAST_PATH_PARAMS.issuperset(deployment.params)):
+            return self._fast
+        if self._litellm is None:
+            self._litellm = LiteLLMBackend(self._settings)
+        return self._litellm
+
+    async def complete(self, deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
+        backend = self.backend_for(deployment)
+        return await self._with_retries(lambda: backend.complete(deployment, body))
+
+    async def stream(self, deployment: Deployment, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Chunks of a streamed completion. Retries happen only before the first chunk arrives."""
+        backend = self.backend_for(deployment)
+
+        async def open_stream() -> tuple[AsyncIterator[dict[str, Any]], dict[str, Any] | None]:
+            chunks = backend.stream(deployment, body)
+            try:
+                return chunks, await anext(chunks)
+            except StopAsyncIteration:
+                return chunks, None
+            except BaseException:
+                await chunks.aclose()  # type: ignore[attr-defined]
+                raise
+
+        chunks, first = await self._with_retries(open_stream)
+        try:
+            if first is None:
+                return
+            yield first
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+
+    async def _with_retries(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        for number in range(self._settings.max_retries + 1):
+            try:
+                return await attempt()
+            except UpstreamError as error:
+                if not error.retryable or number == self._settings.max_retries:
+                    raise
+                await asyncio.sleep(self._backoff(number, error))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _backoff(self, number: int, error: UpstreamError) -> float:
+        ceiling = self._settings.retry_backoff_max_s
+        if error.retry_after is not None:
+            return min(error.retry_after, ceiling)
+        # Full jitter keeps many clients that failed together from retrying together.
+        return random.uniform(0, min(ceiling, self._settings.retry_backoff_s * 2**number))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()

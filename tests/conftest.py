@@ -1,0 +1,46 @@
+"""Session fixtures: the mock upstream and proxies, as real processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.harness import MOCK_WINDOW_TOKENS, Mock, Server, StartProxy, proxy_config, start_server
+
+
+@pytest.fixture(scope="session")
+def mock_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mock]:
+    log = tmp_path_factory.mktemp("mock") / "mock.log"
+    server = start_server(["mock-upstream", "--context-window-tokens", str(MOCK_WINDOW_TOKENS)],
+                          "/v1/models", log)
+    yield Mock(server)
+    server.stop()
+
+
+
+
+@pytest.fixture(scope="session")
+def start_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartProxy]:
+    servers: list[Server] = []
+
+    def start(config: dict[str, Any], env: dict[str, str] | None = None) -> Server:
+        workdir = tmp_path_factory.mktemp("proxy")
+        config_path = workdir / "config.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        server = start_server(["serve", "--config", str(config_path)], "/livez", workdir / "proxy.log",
+                              env={"MOCK_API_KEY": "sk-upstream", **(env or {})})
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session", params=["fast_path", "litellm"])
+def proxy(request: pytest.FixtureRequest, mock_upstream: Mock, start_proxy: StartProxy) -> Server:
+    """The proxy in front of the mock, once per upstream backend."""
+    return start_proxy(proxy_config(mock_upstream, upstream={"fast_path": request.param == "fast_path"}))

@@ -1,0 +1,96 @@
+"""Starting real processes for the integration tests: the mock upstream and the proxy under uvicorn."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+MASTER_KEY = "sk-test-master"
+EXTRA_KEY = "sk-test-extra"
+MOCK_WINDOW_TOKENS = 32_000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(args: list[str], ready_path: str, log_path: Path, env: dict[str, str] | None = None,
+                 timeout_s: float = 60.0) -> Server:
+    port = free_port()
+    log_file = log_path.open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "proxy.cli", *args, "--port", str(port)],
+                               stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    server = Server(process, f"http://127.0.0.1:{port}", log_path)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{server.log()}")
+        try:
+            if httpx.get(server.url + ready_path, timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    server.stop()
+    raise RuntimeError(f"server did not become ready:\n{server.log()}")
+
+
+@dataclass
+class Mock:
+    server: Server
+
+    @property
+    def base_url(self) -> str:
+        return self.server.url + "/v1"
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(self.server.url + "/mock/stats").json()
+
+    def reset(self) -> None:
+        httpx.post(self.server.url + "/mock/reset").raise_for_status()
+
+
+def proxy_config(mock: Mock, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "model_list": [{"model_name": "mock", "litellm_params": {
+            "model": "openai/mock-model", "api_base": mock.base_url, "api_key": "os.environ/MOCK_API_KEY"}}],
+        "server": {"master_key": MASTER_KEY, "api_keys": [EXTRA_KEY]},
+        "upstream": {"timeout_s": 2, "max_retries": 2, "retry_backoff_s": 0.01, "retry_backoff_max_s": 0.05},
+    }
+    for section, values in overrides.items():
+        config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
+    return config
+
+
+StartProxy = Callable[..., Server]

@@ -1,0 +1,326 @@
+"""The mock upstream served by a real uvicorn, exercised with httpx and the official openai SDK."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from proxy.mock_upstream import MockSettings, build_mock_app
+
+CONTEXT_WINDOW = 2000
+
+
+class _RunningMock:
+    """One mock app behind a uvicorn server on a free port, in a background thread."""
+
+    def __init__(self, settings: MockSettings) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        config = uvicorn.Config(
+            build_mock_app(settings), log_level="warning", access_log=False, timeout_graceful_shutdown=1
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 5
+        while not self._server.started:
+            assert time.monotonic() < deadline, "mock server did not start"
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=5)
+
+    def sdk(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="x", max_retries=0)
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(f"{self.url}/mock/stats").json()
+
+    def chat(self, text: str, **extra: Any) -> httpx.Response:
+        payload = {"model": "m", "messages": [{"role": "user", "content": text}], **extra}
+        return httpx.post(f"{self.url}/v1/chat/completions", json=payload, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def shared_mock() -> Iterator[_RunningMock]:
+    server = _RunningMock(MockSettings(context_window_tokens=CONTEXT_WINDOW))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mock(shared_mock: _RunningMock) -> _RunningMock:
+    httpx.post(f"{shared_mock.url}/mock/reset").raise_for_status()
+    return shared_mock
+
+
+@pytest.fixture
+def start_mock() -> Iterator[Callable[[MockSettings], _RunningMock]]:
+    servers: list[_RunningMock] = []
+
+    def start(settings: MockSettings) -> _RunningMock:
+        servers.append(_RunningMock(settings))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def _sse_payloads(body: str) -> list[str]:
+    return [line.removeprefix("data: ") for line in body.split("\n\n") if line.startswith("data: ")]
+
+
+def _wait_for(predicate: Callable[[], bool], seconds: float = 2.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def test_models_listing(mock: _RunningMock) -> None:
+    assert [m.id for m in mock.sdk().models.list()] == ["mock-model"]
+    assert httpx.get(f"{mock.url}/models").json() == {
+        "object": "list",
+        "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}],
+    }
+
+
+def test_non_streaming_content_and_usage(mock: _RunningMock) -> None:
+    messages: list[Any] = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hello there"},
+    ]
+    completion = mock.sdk().chat.completions.create(model="gpt-x", messages=messages)
+    assert completion.id.startswith("chatcmpl-mock-")
+    assert completion.object == "chat.completion"
+    assert completion.model == "gpt-x"
+    choice = completion.choices[0]
+    assert (choice.message.role, choice.message.content) == ("assistant", "mock reply: hello there")
+    assert choice.finish_reason == "stop"
+    assert completion.usage is not None
+    prompt_tokens = (len("be brief") // 4 + 4) + (len("hello there") // 4 + 4)
+    completion_tokens = len("mock reply: hello there") // 4 + 1
+    assert completion.usage.prompt_tokens == prompt_tokens
+    assert completion.usage.completion_tokens == completion_tokens
+    assert completion.usage.total_tokens == prompt_tokens + completion_tokens
+
+
+def test_content_parts_and_reply_truncation(mock: _RunningMock) -> None:
+    parts = [{"type": "text", "text": "a" * 50}, {"type": "text", "text": "b" * 50}]
+    response = httpx.post(
+        f"{mock.url}/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": parts}]}
+    )
+    assert response.json()["choices"][0]["message"]["content"] == "mock reply: " + "a" * 50 + "b" * 10
+
+
+def test_streaming_without_usage(mock: _RunningMock) -> None:
+    stream = mock.sdk().chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "stream me please"}], stream=True
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[0].choices[0].delta.content == ""
+    contents = [c.choices[0].delta.content for c in chunks[1:-1]]
+    assert len(contents) == 4
+    assert "".join(contents) == "mock reply: stream me please"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert all(c.usage is None for c in chunks)
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_streaming_with_include_usage(mock: _RunningMock) -> None:
+    stream = mock.sdk().chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "count me"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.prompt_tokens == len("count me") // 4 + 4
+    assert chunks[-1].usage.completion_tokens == len("mock reply: count me") // 4 + 1
+    assert all(c.usage is None for c in chunks[:-1])
+    assert chunks[-2].choices[0].finish_reason == "stop"
+
+
+def test_streaming_wire_format(mock: _RunningMock) -> None:
+    response = mock.chat("wire", stream=True, stream_options={"include_usage": True})
+    assert response.headers["content-type"].startswith("text/event-stream")
+    payloads = _sse_payloads(response.text)
+    assert payloads[-1] == "[DONE]"
+    chunks = [json.loads(p) for p in payloads[:-1]]
+    assert len(chunks) == 1 + 4 + 1 + 1  # role, content deltas, finish, usage
+    assert all("usage" in c and c["object"] == "chat.completion.chunk" for c in chunks)
+    assert [c["usage"] for c in chunks[:-1]] == [None] * 6
+
+
+def test_context_window_exceeded(mock: _RunningMock) -> None:
+    text = "x" * (CONTEXT_WINDOW * 4)
+    with pytest.raises(openai.BadRequestError) as excinfo:
+        mock.sdk().chat.completions.create(model="m", messages=[{"role": "user", "content": text}])
+    assert excinfo.value.code == "context_length_exceeded"
+    tokens = len(text) // 4 + 4
+    assert excinfo.value.body == {
+        "message": f"This model's maximum context length is {CONTEXT_WINDOW} tokens. However, your messages "
+        f"resulted in {tokens} tokens. Please reduce the length of the messages.",
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "context_length_exceeded",
+    }
+
+
+def test_huge_prompt_is_rejected_quickly(mock: _RunningMock) -> None:
+    started = time.monotonic()
+    response = mock.chat("y" * 20_000_000)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+    assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize(
+    ("status", "exc_type", "code"),
+    [
+        (429, openai.RateLimitError, "rate_limit_exceeded"),
+        (500, openai.InternalServerError, "server_error"),
+        (503, openai.InternalServerError, "server_error"),
+        (401, openai.AuthenticationError, None),
+    ],
+)
+def test_status_marker(
+    mock: _RunningMock, status: int, exc_type: type[openai.APIStatusError], code: str | None
+) -> None:
+    messages: Any = [{"role": "user", "content": f"hi [[mock:status={status}]]"}]
+    with pytest.raises(exc_type) as excinfo:
+        mock.sdk().chat.completions.create(model="m", messages=messages)
+    assert excinfo.value.status_code == status
+    assert excinfo.value.code == code
+    assert mock.stats()["errors_injected"] == 1
+
+
+def test_rate_limit_marker_sets_retry_after(mock: _RunningMock) -> None:
+    response = mock.chat("[[mock:status=429]]", stream=True)
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "0"
+    assert response.json()["error"]["type"] == "requests"
+
+
+def test_times_and_id_count_attempts(mock: _RunningMock) -> None:
+    statuses = [mock.chat("go [[mock:status=500 times=2 id=abc]]").status_code for _ in range(4)]
+    assert statuses == [500, 500, 200, 200]
+    mock.chat("[[mock:id=xyz]]")
+    stats = mock.stats()
+    assert stats["by_marker"] == {"abc": 4, "xyz": 1}
+    assert stats["errors_injected"] == 2
+    assert (stats["requests"], stats["completed"], stats["cancelled"], stats["in_flight"]) == (5, 5, 0, 0)
+
+
+def test_malformed_marker(mock: _RunningMock) -> None:
+    response = mock.chat("[[mock:malformed]]")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    with pytest.raises(json.JSONDecodeError):
+        response.json()
+    payloads = _sse_payloads(mock.chat("[[mock:malformed]]", stream=True).text)
+    assert json.loads(payloads[0])["choices"][0]["delta"]["role"] == "assistant"
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(payloads[1])
+
+
+def test_stream_error_marker_truncates_stream(mock: _RunningMock) -> None:
+    received: list[str] = []
+    payload = {
+        "model": "m",
+        "stream": True,
+        "messages": [{"role": "user", "content": "[[mock:stream_error]]"}],
+    }
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        httpx.stream("POST", f"{mock.url}/v1/chat/completions", json=payload) as response,
+    ):
+        received.extend(response.iter_lines())
+    data = [line for line in received if line.startswith("data: ")]
+    assert len(data) == 3  # role chunk + two content chunks
+    assert "data: [DONE]" not in received
+    assert mock.stats()["errors_injected"] == 1
+
+
+def test_latency_marker_overrides_settings(mock: _RunningMock) -> None:
+    started = time.monotonic()
+    assert mock.chat("slow [[mock:latency_ms=300]]").status_code == 200
+    assert time.monotonic() - started >= 0.3
+    started = time.monotonic()
+    assert mock.chat("fast").status_code == 200
+    assert time.monotonic() - started < 0.3
+
+
+@pytest.mark.parametrize(
+    ("text", "stream"), [("[[mock:timeout]]", False), ("wait [[mock:latency_ms=5000]]", True)]
+)
+def test_client_disconnect_is_counted_as_cancelled(mock: _RunningMock, text: str, stream: bool) -> None:
+    payload = {"model": "m", "stream": stream, "messages": [{"role": "user", "content": text}]}
+    with httpx.Client(timeout=0.3) as client, pytest.raises(httpx.ReadTimeout):
+        client.post(f"{mock.url}/v1/chat/completions", json=payload)
+    _wait_for(lambda: mock.stats()["cancelled"] == 1)
+    stats = mock.stats()
+    assert (stats["requests"], stats["completed"], stats["in_flight"]) == (1, 0, 0)
+
+
+def test_invalid_requests_get_openai_errors(mock: _RunningMock) -> None:
+    bad_json = httpx.post(f"{mock.url}/v1/chat/completions", content=b"{nope")
+    assert bad_json.status_code == 400
+    assert bad_json.json()["error"]["type"] == "invalid_request_error"
+    assert mock.chat("[[mock:status=abc]]").status_code == 400
+    assert mock.chat("[[mock:times=2]]").status_code == 400
+    unknown = httpx.get(f"{mock.url}/v1/nothing")
+    assert unknown.status_code == 404
+    assert set(unknown.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_reset_zeroes_counters(mock: _RunningMock) -> None:
+    mock.chat("[[mock:status=500 id=r]]")
+    assert mock.stats()["requests"] == 1
+    httpx.post(f"{mock.url}/mock/reset").raise_for_status()
+    assert mock.stats() == {
+        "requests": 0,
+        "completed": 0,
+        "cancelled": 0,
+        "in_flight": 0,
+        "errors_injected": 0,
+        "by_marker": {},
+    }
+
+
+def test_seeded_error_rate_is_reproducible(start_mock: Callable[[MockSettings], _RunningMock]) -> None:
+    server = start_mock(MockSettings(error_rate=0.5, error_status=429, seed=7))
+    first = [server.chat("hi").status_code for _ in range(20)]
+    httpx.post(f"{server.url}/mock/reset").raise_for_status()
+    second = [server.chat("hi").status_code for _ in range(20)]
+    assert first == second
+    assert set(first) == {200, 429}
+    assert server.stats()["errors_injected"] == first.count(429)
+
+
+def test_fixed_reply_and_delta_count(start_mock: Callable[[MockSettings], _RunningMock]) -> None:
+    server = start_mock(MockSettings(reply="a fixed answer", stream_deltas=7, model_name="other"))
+    chunks = list(
+        server.sdk().chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "q"}], stream=True
+        )
+    )
+    contents = [c.choices[0].delta.content for c in chunks[1:-1]]
+    assert len(contents) == 7
+    assert "".join(c or "" for c in contents) == "a fixed answer"
+    assert [m.id for m in server.sdk().models.list()] == ["other"]
