@@ -87,10 +87,9 @@ class Settings(BaseSettings):
         return env_settings, init_settings
 
 
-def load_settings(config_path: str | os.PathLike[str] | None = None,
-                  environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(config_path: str | os.PathLike[str] | None = None) -> Settings:
     """Build settings from the YAML file (argument or `RLM_PROXY_CONFIG`) and the environment."""
-    environ = os.environ if environ is None else environ
+    environ = os.environ
     path = config_path or environ.get("RLM_PROXY_CONFIG")
     data = _read_yaml(Path(path)) if path else {}
     data = _resolve_env_references(data, environ, location="")

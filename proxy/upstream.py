@@ -95,10 +95,13 @@ class OpenAICompatBackend:
     def __init__(self, http: httpx.AsyncClient, settings: UpstreamSettings) -> None:
         self._http = http
         self._settings = settings
+        # The same variables the openai SDK and litellm read, so a config-less proxy behaves like them.
+        self._default_base = (os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
+                              or OPENAI_DEFAULT_BASE)
 
     def _request(self, deployment: Deployment, body: dict[str, Any], stream: bool) -> httpx.Request:
         params = deployment.params
-        base = str(params.get("api_base") or OPENAI_DEFAULT_BASE).rstrip("/")
+        base = str(params.get("api_base") or self._default_base).rstrip("/")
         payload = {**body, "model": deployment.provider_model}
         if stream:
             # Always ask for usage: the proxy accounts for it even when the client did not ask.

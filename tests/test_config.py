@@ -1,0 +1,97 @@
+"""Settings: YAML plus environment overrides, secret references, and clear errors for bad configs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from proxy.config import ConfigError, load_settings
+
+
+def write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_no_config_gives_embedded_defaults() -> None:
+    settings = load_settings()
+    assert settings.model_list == []
+    assert settings.server.master_key is None
+    assert settings.upstream.max_retries == 2
+
+
+def test_yaml_model_list_and_env_reference(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, {"model_list": [{"model_name": "gpt", "litellm_params": {
+        "model": "openai/gpt-4o", "api_key": "os.environ/MY_KEY"},
+        "model_info": {"max_input_tokens": 1000}}]})
+    monkeypatch.setenv("MY_KEY", "sk-secret")
+    settings = load_settings(path)
+    entry = settings.model_list[0]
+    assert entry.litellm_params["api_key"] == "sk-secret"
+    assert entry.model_info.max_input_tokens == 1000
+
+
+def test_environment_overrides_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, {"server": {"master_key": "from-yaml", "max_body_bytes": 10}})
+    monkeypatch.setenv("RLM_PROXY_SERVER__MASTER_KEY", "from-env")
+    settings = load_settings(path)
+    assert settings.server.master_key is not None
+    assert settings.server.master_key.get_secret_value() == "from-env"
+    assert settings.server.max_body_bytes == 10  # untouched fields of the section survive the merge
+
+
+def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, {"upstream": {"max_retries": 5}})
+    monkeypatch.setenv("RLM_PROXY_CONFIG", str(path))
+    assert load_settings().upstream.max_retries == 5
+
+
+def test_litellm_proxy_config_loads_unchanged(tmp_path: Path) -> None:
+    path = write(tmp_path, {
+        "model_list": [{"model_name": "m", "litellm_params": {"model": "openai/x", "rpm": 10},
+                        "model_info": {"id": "abc", "mode": "chat"}}],
+        "litellm_settings": {"drop_params": True}, "general_settings": {"master_key": "sk-1"}})
+    assert load_settings(path).model_list[0].model_name == "m"
+
+
+@pytest.mark.parametrize(("data", "environ", "names"), [
+    ({"server": {"max_body_bytes": "lots"}}, {}, "server.max_body_bytes"),
+    ({"server": {"max_body_byte": 10}}, {}, "server.max_body_byte"),
+    ({"model_list": [{"model_name": "m", "litellm_params": {}}]}, {}, "model_list.0.litellm_params"),
+    ({"model_list": [{"model_name": "m", "litellm_params": {"model": "x", "api_key": "os.environ/NOPE"}}]},
+     {}, "model_list.0.litellm_params.api_key"),
+    ({"upstream": {"max_retries": 1}}, {"RLM_PROXY_UPSTREAM__MAX_RETRIES": "-3"}, "upstream.max_retries"),
+])
+def test_bad_config_names_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: object,
+                                      environ: dict[str, str], names: str) -> None:
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, data))
+    assert names in str(info.value)
+
+
+def test_unreadable_and_non_mapping_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_settings(tmp_path / "list.yaml")
+    (tmp_path / "broken.yaml").write_text("a: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(tmp_path / "broken.yaml")
+
+
+def test_serve_refuses_a_bad_config_with_one_message(tmp_path: Path) -> None:
+    path = write(tmp_path, {"server": {"max_body_bytes": -1}})
+    result = subprocess.run([sys.executable, "-m", "proxy.cli", "serve", "--config", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "server.max_body_bytes" in result.stderr
+    assert "Traceback" not in result.stderr

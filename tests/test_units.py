@@ -1,0 +1,97 @@
+"""Fast tests of pure pieces: request parsing, error mapping, key checks, stream relaying."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from proxy.api.chat import _relay
+from proxy.api.request import parse_chat_request
+from proxy.auth import KeyChecker
+from proxy.errors import ProxyError
+from proxy.upstream import error_from_status
+
+
+def test_parse_keeps_unknown_parameters() -> None:
+    chat = parse_chat_request(orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                                            "stream": True, "stream_options": {"include_usage": True},
+                                            "my_vendor_flag": {"a": 1}}))
+    assert chat.stream and chat.include_usage
+    assert chat.body["my_vendor_flag"] == {"a": 1}
+
+
+def test_parse_error_names_the_parameter() -> None:
+    with pytest.raises(ProxyError) as info:
+        parse_chat_request(b'{"model": "m", "messages": [{"role": "user", "content": "x"}, {"role": 1}]}')
+    assert info.value.param == "messages[1].role"
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize(("upstream", "status", "code", "retryable"), [
+    (400, 400, "context_length_exceeded", False),
+    (401, 502, "upstream_auth_failed", False),
+    (404, 404, "model_not_found", False),
+    (422, 400, "upstream_bad_request", False),
+    (429, 429, "rate_limit_exceeded", True),
+    (500, 502, "upstream_error", True),
+    (503, 502, "upstream_error", True),
+    (504, 504, "upstream_timeout", True),
+])
+def test_upstream_status_mapping(upstream: int, status: int, code: str, retryable: bool) -> None:
+    given_code = "context_length_exceeded" if upstream == 400 else None
+    error = error_from_status(upstream, "boom", given_code)
+    assert (error.status, error.code, error.retryable) == (status, code, retryable)
+
+
+def test_retry_after_is_forwarded_and_parsed() -> None:
+    error = error_from_status(429, "slow down", retry_after="2.5")
+    assert error.retry_after == 2.5
+    assert error.headers["retry-after"] == "2"
+    assert error_from_status(429, "slow down", retry_after="soon").headers["retry-after"] == "1"
+
+
+def test_key_checker() -> None:
+    KeyChecker([]).check(None)
+    checker = KeyChecker(["sk-a", "sk-b"])
+    checker.check("Bearer sk-b")
+    checker.check("bearer  sk-a ")
+    for header in (None, "", "Bearer", "Basic sk-a", "Bearer sk-c"):
+        with pytest.raises(ProxyError) as info:
+            checker.check(header)
+        assert info.value.status == 401
+
+
+async def _relayed(chunks: list[dict[str, Any]], include_usage: bool) -> list[Any]:
+    async def tail() -> AsyncIterator[dict[str, Any]]:
+        for chunk in chunks[1:]:
+            yield chunk
+
+    events = [event async for event in _relay(chunks[0], tail(), include_usage)]
+    assert events[-1] == b"data: [DONE]\n\n"
+    return [orjson.loads(event[6:]) for event in events[:-1]]
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None, usage: Any = None) -> dict[str, Any]:
+    return {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], "usage": usage}
+
+
+USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+
+
+@pytest.mark.parametrize("usage_on_last_content_chunk", [False, True])
+async def test_relay_places_usage_like_openai(usage_on_last_content_chunk: bool) -> None:
+    chunks = [_chunk({"role": "assistant", "content": ""}), _chunk({"content": "hi"}),
+              _chunk({}, "stop", USAGE if usage_on_last_content_chunk else None)]
+    if not usage_on_last_content_chunk:
+        chunks.append({**_chunk({}), "choices": [], "usage": USAGE})
+    chunks.append(_chunk({}))  # litellm's empty trailer
+    with_usage = await _relayed(chunks, include_usage=True)
+    assert [c["usage"] for c in with_usage] == [None, None, None, USAGE]
+    assert with_usage[-1]["choices"] == []
+    without = await _relayed(chunks, include_usage=False)
+    assert len(without) == 3
+    assert all("usage" not in c for c in without)
