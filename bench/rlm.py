@@ -35,7 +35,7 @@ from proxy.mock_policy import needle_prompt
 from proxy.model_facts import ModelFacts
 from proxy.registry import Deployment
 from proxy.routing import ModeRouter
-from sandbox import SandboxLimits, SandboxPool
+from sandbox import PoolLimits, SandboxLimits, SandboxPool
 
 MB = 1024 * 1024
 WINDOW_TOKENS = 32_000
@@ -111,7 +111,7 @@ async def decision_time() -> list[str]:
 
 
 async def sandbox_figures(blocks: int) -> list[list[str]]:
-    pool = SandboxPool(SandboxLimits(memory_mb=2048), warm_workers=2)
+    pool = SandboxPool(SandboxLimits(memory_mb=2048), PoolLimits(warm_workers=2))
     await pool.start()
     try:
         overhead = statistics.median((await per_block(pool, blocks))['execute("x = 1")'])

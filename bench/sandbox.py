@@ -20,12 +20,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sandbox import SandboxLimits, SandboxPool
+from sandbox import PoolLimits, SandboxLimits, SandboxPool
 
 WAIT_FOR_WARM_S = 30.0
 
 
 class InstantHandler:
+    def prompt_refusal(self, chars: int, model: str | None) -> str | None:
+        return None
+
     async def llm_query(self, prompts: list[str], model: str | None) -> list[str]:
         return ["answer"] * len(prompts)
 
@@ -91,7 +94,7 @@ async def session_starts(pool: SandboxPool, context_mb: int, starts: int) -> lis
 
 
 async def measure(args: argparse.Namespace) -> None:
-    pool = SandboxPool(SandboxLimits(memory_mb=1024), warm_workers=2)
+    pool = SandboxPool(SandboxLimits(memory_mb=1024), PoolLimits(warm_workers=2))
     began = time.perf_counter()
     await pool.start()
     print(f"Pool start (2 warm workers, in parallel): {(time.perf_counter() - began) * 1000:.0f} ms")

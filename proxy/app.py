@@ -27,7 +27,7 @@ from proxy.registry import ModelRegistry
 from proxy.rlm.engine import RLMEngine
 from proxy.routing import ModeRouter
 from proxy.upstream import Upstream
-from sandbox import SandboxLimits, SandboxPool
+from sandbox import MIB, PoolLimits, SandboxLimits, SandboxPool
 
 log = logging.getLogger("rlm_proxy")
 
@@ -37,7 +37,7 @@ def create_app(settings: Settings) -> FastAPI:
     facts = ModelFacts()
     metrics = Metrics(registry.names)
     upstream = Upstream(settings.upstream, UpstreamMetrics(metrics, facts))
-    sandbox = SandboxPool(_sandbox_limits(settings), warm_workers=settings.sandbox.workers)
+    sandbox = SandboxPool(_sandbox_limits(settings), _pool_limits(settings))
     cache = Cache(settings.cache, lambda result: metrics.cache.labels(result).inc()) \
         if settings.cache.enabled else None
     services = Services(
@@ -102,7 +102,14 @@ def _sandbox_limits(settings: Settings) -> SandboxLimits:
     sandbox = settings.sandbox
     return SandboxLimits(memory_mb=sandbox.memory_mb, cpu_s_per_block=sandbox.cpu_s_per_block,
                          cpu_s_per_run=sandbox.cpu_s_per_run, wall_s_per_block=sandbox.wall_s_per_block,
-                         max_output_chars=settings.rlm.max_output_chars)
+                         max_output_chars=settings.rlm.max_output_chars,
+                         max_batch_bytes=sandbox.max_batch_mb * MIB, max_run_bytes=sandbox.max_run_mb * MIB)
+
+
+def _pool_limits(settings: Settings) -> PoolLimits:
+    sandbox = settings.sandbox
+    return PoolLimits(warm_workers=sandbox.workers, max_workers=sandbox.max_workers,
+                      worker_wait_s=sandbox.worker_wait_s, max_inflight_bytes=sandbox.max_inflight_mb * MIB)
 
 
 def create_app_from_env() -> FastAPI:

@@ -113,6 +113,18 @@ class SandboxSettings(_Section):
     cpu_s_per_run: float = Field(default=300.0, gt=0)
     wall_s_per_block: float = Field(default=60.0, gt=0)
     workers: int = Field(default=2, ge=0, le=64, description="warm worker processes kept ready")
+    max_workers: int = Field(default=32, ge=1, le=4096, description="live worker processes, warm included")
+    worker_wait_s: float = Field(default=60.0, ge=0, description="wait for a worker when all are busy")
+    # Sub-call texts (prompts, nested contexts) crossing from workers into the proxy.
+    max_batch_mb: int = Field(default=64, ge=1, le=256, description="held for one worker at a time")
+    max_run_mb: int = Field(default=1024, ge=1, description="sent by one run in all")
+    max_inflight_mb: int = Field(default=256, ge=1, description="held for all workers together")
+
+    @model_validator(mode="after")
+    def _warm_within_max(self) -> SandboxSettings:
+        if self.workers > self.max_workers:
+            raise ValueError("sandbox.workers (warm workers) cannot exceed sandbox.max_workers")
+        return self
 
 
 class Settings(BaseSettings):

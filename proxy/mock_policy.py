@@ -20,11 +20,17 @@ question scripts the failure modes the engine must handle:
     early_answer  answer after reading only the start of `context`, then properly once questioned
     infinite_loop, memory_bomb, output_bomb, swallow_timeout
                   first run hostile code of that kind, then search and answer as usual
+
+A `[[exec:BASE64]]` tag (any question) makes the root model's first reply run that code (base64 of UTF-8
+Python) in a ```repl block; its second reply is `FINAL(echo:BASE64)` of the engine's feedback, so a test
+sees through the API exactly what the model saw (unless the code answered with FINAL itself).
 """
 
 from __future__ import annotations
 
 import ast
+import base64
+import binascii
 import re
 from dataclasses import dataclass
 
@@ -37,6 +43,8 @@ _NEEDLE_QUESTION = re.compile(r"special magic number for (.+?) mentioned in the 
 _COUNT_QUESTION = re.compile(r"How many times does the word '([^']+)' appear")
 _COUNT_INSTRUCTION = re.compile(r"Count the occurrences of the word '([^']+)'")
 _POLICY_TAG = re.compile(r"\[\[policy:([a-z_]+)\]\]")
+_EXEC_TAG = re.compile(r"\[\[exec:([A-Za-z0-9+/=]+)\]\]")
+ECHO_PREFIX = "echo:"
 _PROMPT_LIMIT = re.compile(r"Sub-model prompt limit: about ([\d,]+) characters")
 _FOUND = re.compile(r"found=(\[.*?\])", re.DOTALL)
 _TOTAL = re.compile(r"total=(\d+)")
@@ -113,6 +121,9 @@ def _root_reply(messages: list[Message]) -> str:
     task = _task(messages)
     turn = sum(1 for m in messages if m.role == "assistant")
     last = messages[-1].text
+    card = next((m.text for m in messages if m.role == "user"), "")
+    if (injected := _EXEC_TAG.search(card)) is not None:
+        return _exec_then_echo(injected.group(1), turn, last)
     if task is None:
         return "FINAL(I can only answer needle and counting questions.)"
     if FINAL_REQUEST_MARKER in last:
@@ -290,6 +301,16 @@ def _early_answer(task: _Task, turn: int, messages: list[Message]) -> str:
     if COVERAGE_CHECK_MARKER in messages[-1].text:
         return _code(_search_code(task), "Right, let me read all of it.")
     return _answer_line(task, messages)
+
+
+def _exec_then_echo(encoded: str, turn: int, last: str) -> str:
+    if turn > 0:
+        return f"FINAL({ECHO_PREFIX}{base64.b64encode(last.encode()).decode()})"
+    try:
+        code = base64.b64decode(encoded, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return "FINAL(the [[exec:...]] tag does not hold base64 of UTF-8 code)"
+    return _code(code if code.endswith("\n") else code + "\n", "Running the injected code.")
 
 
 _BOMBS = {

@@ -1,7 +1,7 @@
 """The sandboxed Python REPL of the RLM loop: code written by a model runs in a separate, limited worker
 process per run, under a RestrictedPython policy, with `context` loaded and llm_query bridged out.
 
-    pool = SandboxPool(SandboxLimits(), warm_workers=2)
+    pool = SandboxPool(SandboxLimits(), PoolLimits(warm_workers=2, max_workers=32))
     await pool.start()
     session = await pool.session(context)
     try:
@@ -12,10 +12,12 @@ process per run, under a RestrictedPython policy, with `context` loaded and llm_
 
 from sandbox.interface import (
     ALLOWED_MODULES,
+    MIB,
     CallHandler,
     ExecResult,
     FinalAnswer,
     Outcome,
+    PoolLimits,
     SandboxLimits,
     SandboxUnavailableError,
 )
@@ -24,10 +26,12 @@ from sandbox.session import SandboxSession
 
 __all__ = [
     "ALLOWED_MODULES",
+    "MIB",
     "CallHandler",
     "ExecResult",
     "FinalAnswer",
     "Outcome",
+    "PoolLimits",
     "SandboxLimits",
     "SandboxPool",
     "SandboxSession",

@@ -1,8 +1,11 @@
 """The parent's end of one worker process: spawning it, sending the context once, running a block while
 answering its llm_query / rlm_query requests through the CallHandler, the wall-clock watchdog, killing.
 
-Nothing from the worker is trusted: frames are size-checked JSON validated message by message, and any
-violation, like any death, ends in WorkerDied with a cause written for the model.
+Nothing from the worker is trusted: frames are size-checked JSON validated message by message, texts are
+read only when the parent has agreed to their announced size (sandbox/transfer.py), and any violation,
+like any death, ends in WorkerDied with a cause written for the model. The worker's stderr is a pipe only
+the parent reads, keeping a short tail for diagnosing crashes: nothing a worker writes reaches the proxy's
+own output.
 """
 
 from __future__ import annotations
@@ -12,11 +15,15 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
+import re
 import signal
+import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -33,7 +40,9 @@ from sandbox.protocol import (
     WorkerMessage,
     parse_worker_message,
 )
+from sandbox.transfer import Transfers
 
+T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent)
@@ -42,6 +51,7 @@ PACKAGE_DIR = str(Path(__file__).resolve().parent)
 # worker's start.
 BOOT = ("import sys, types; package = types.ModuleType('sandbox'); package.__path__ = [sys.argv[1]]; "
         "sys.modules['sandbox'] = package; from sandbox.worker import main; main()")
+WORKER_COMMAND = (sys.executable, "-I", "-c", BOOT, PACKAGE_DIR)
 READY_TIMEOUT_S = 30.0
 LOAD_TIMEOUT_S = 120.0
 EXIT_WAIT_S = 5.0
@@ -49,7 +59,11 @@ PIPE_BYTES = 2**20  # a larger pipe buffer moves a big context in fewer wake-ups
 CHUNK_CHARS = 2**20  # a str context is sent in pieces of this many characters
 CHUNK_BYTES = 2**20
 STREAM_LIMIT = 2**20
+STDERR_TAIL_BYTES = 4096  # of a worker's stderr, only this much is kept (to explain a crash)
+LOGGED_TAIL_CHARS = 1000
 CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE}
+# faulthandler's report of where the interpreter crashed, most recent call first.
+CRASH_FRAME = re.compile(r'File "(<block \d+>)", line (\d+)')
 
 
 class WorkerDied(Exception):
@@ -60,28 +74,42 @@ class WorkerDied(Exception):
         self.cause = cause
 
 
+class StderrTail(asyncio.Protocol):
+    """Reads a worker's stderr (its fds 1 and 2) as it comes, keeping only the last few kilobytes."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._tail = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.total += len(data)
+        self._tail += data
+        if len(self._tail) > STDERR_TAIL_BYTES:
+            del self._tail[:-STDERR_TAIL_BYTES]
+
+    def text(self) -> str:
+        return self._tail.decode("utf-8", "replace")
+
+
 class WorkerProcess:
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], stdin: asyncio.StreamWriter,
+                 stdout: asyncio.StreamReader, stderr: StderrTail, pipes: list[asyncio.BaseTransport],
+                 exited: asyncio.Future[int]) -> None:
         self._process = process
+        self._stdin = stdin
+        self._stdout = stdout
+        self._stderr = stderr
+        self._pipes = pipes  # the read transports, closed with the worker
+        self._exited = exited
         self._limits = SandboxLimits()
         self._kill_cause: str | None = None  # why the parent killed it, when it did
+        self._wall_left = 0.0  # of the running block's wall-clock allowance
 
     @classmethod
     async def spawn(cls) -> WorkerProcess:
         """A started worker that has imported everything and waits for a context."""
+        worker = await cls.start(WORKER_COMMAND)
         try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-I", "-c", BOOT, PACKAGE_DIR, stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, env={}, cwd="/", start_new_session=True, close_fds=True,
-                limit=STREAM_LIMIT)
-        except OSError as error:
-            raise SandboxUnavailableError(f"cannot start a sandbox worker: {error}") from None
-        worker = cls(process)
-        try:
-            pipe = process.stdin.transport.get_extra_info("pipe")  # type: ignore[union-attr]
-            if pipe is not None:  # uvloop's transports do not expose it: the default size works too
-                with contextlib.suppress(OSError):
-                    fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
             async with asyncio.timeout(READY_TIMEOUT_S):
                 message = await worker._receive()
             if not isinstance(message, Ready):
@@ -94,13 +122,42 @@ class WorkerProcess:
             raise
         return worker
 
+    @classmethod
+    async def start(cls, command: Sequence[str]) -> WorkerProcess:
+        """The process, its pipes on the event loop. Popen (vfork, well under a millisecond) rather than
+        the loop's own subprocess support: uvloop forks, which copies the whole proxy's page tables and
+        stalls every request for tens of milliseconds when the proxy is large."""
+        try:
+            process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,  # noqa: ASYNC220
+                                       stderr=subprocess.PIPE, env={}, cwd="/", start_new_session=True,
+                                       close_fds=True)
+        except OSError as error:
+            raise SandboxUnavailableError(f"cannot start a sandbox worker: {error}") from None
+        assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+        loop = asyncio.get_running_loop()
+        try:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(process.stdin.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+            stdout = asyncio.StreamReader(limit=STREAM_LIMIT)
+            out_pipe, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdout),
+                                                       process.stdout)
+            stderr = StderrTail()
+            err_pipe, _ = await loop.connect_read_pipe(lambda: stderr, process.stderr)
+            in_pipe, flow = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, process.stdin)
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        stdin = asyncio.StreamWriter(in_pipe, flow, None, loop)  # type: ignore[arg-type]
+        return cls(process, stdin, stdout, stderr, [out_pipe, err_pipe], _watch_exit(loop, process))
+
     @property
     def pid(self) -> int:
         return self._process.pid
 
     @property
     def alive(self) -> bool:
-        return self._process.returncode is None and self._kill_cause is None
+        return not self._exited.done() and self._kill_cause is None
 
     async def load(self, context: str | list[dict[str, Any]], limits: SandboxLimits,
                    reads: list[tuple[int, int]]) -> float:
@@ -127,28 +184,20 @@ class WorkerProcess:
             raise self._kill_for("it did not confirm the context")
         return message.coverage
 
-    async def execute(self, code: str, handler: CallHandler) -> BlockDone:
+    async def execute(self, code: str, handler: CallHandler, transfers: Transfers) -> BlockDone:
         """Runs one block. Raises WorkerDied if the worker dies or is killed (watchdog, bad message);
         on cancellation the worker is killed at once, which also abandons any handler call in flight."""
         try:
             await self._send({"op": "exec", "code": code})
-            budget = self._limits.wall_s_per_block  # only time the worker spends computing counts
+            self._wall_left = self._limits.wall_s_per_block  # only time the worker spends computing counts
             while True:
-                started = time.monotonic()
-                try:
-                    async with asyncio.timeout(budget):
-                        message = await self._receive()
-                except TimeoutError:
-                    raise self._kill_for(f"the block ran for more than {self._limits.wall_s_per_block:g} s "
-                                         "of wall-clock time (time waiting for llm_query is not counted)"
-                                         ) from None
-                budget -= time.monotonic() - started
+                message = await self._within_wall_time(self._receive())
                 if isinstance(message, BlockDone):
                     return message
                 if isinstance(message, LlmRequest):
-                    results = await _ask_models(handler, message)
+                    results = await self._serve_llm(message, handler, transfers)
                 elif isinstance(message, RlmRequest):
-                    results = [await _ask_nested(handler, message)]
+                    results = [await self._serve_rlm(message, handler, transfers)]
                 else:
                     raise self._kill_for("it sent an unexpected message")
                 await self._send({"op": "answer", "results": results})
@@ -158,7 +207,7 @@ class WorkerProcess:
             self.kill()
             raise
 
-    async def read_variable(self, name: str) -> str | None:
+    async def read_variable(self, name: str) -> VariableValue:
         try:
             await self._send({"op": "var", "name": name})
             async with asyncio.timeout(self._limits.wall_s_per_block):
@@ -171,22 +220,72 @@ class WorkerProcess:
             raise
         if not isinstance(message, VariableValue):
             raise self._kill_for("it sent an unexpected message")
-        return message.value
+        return message
 
     def kill(self, cause: str = "it was stopped") -> None:
         """SIGKILL, at once. Idempotent."""
         if self._kill_cause is None:
             self._kill_cause = cause
-        if self._process.returncode is None:
+        if not self._exited.done():
             with contextlib.suppress(ProcessLookupError):
                 self._process.kill()
 
     async def close(self) -> None:
-        """Kills the worker and reaps it."""
+        """Kills the worker, reaps it and closes its pipes."""
         self.kill()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(EXIT_WAIT_S):
-                await self._process.wait()
+                await asyncio.shield(self._exited)
+        self._stdin.close()
+        for pipe in self._pipes:
+            pipe.close()
+
+    # Model calls
+
+    async def _serve_llm(self, request: LlmRequest, handler: CallHandler, transfers: Transfers) -> list[str]:
+        """Refusals decided from the announced sizes alone; the rest read wave by wave, each wave within
+        the pool's shared budget and answered by the models before the next is read."""
+        results: list[str | None] = [_refusal(handler, chars, request.model) for chars in request.chars]
+        for index, size in enumerate(request.sizes):
+            if results[index] is None:
+                results[index] = transfers.take(size)
+        wanted = [index for index, result in enumerate(results) if result is None]
+        for wave in transfers.waves(wanted, request.sizes):
+            async with transfers.shared.hold(sum(request.sizes[index] for index in wave)):
+                await self._send({"op": "send", "take": wave})
+                prompts = [await self._read_text(request.chars[i], request.sizes[i]) for i in wave]
+                answers = await _ask_models(handler, prompts, request.model)
+                del prompts
+            for index, answer in zip(wave, answers, strict=True):
+                results[index] = answer
+        return [result or "" for result in results]  # (every slot holds a str by now)
+
+    async def _serve_rlm(self, request: RlmRequest, handler: CallHandler, transfers: Transfers) -> str:
+        refusal = transfers.take(sum(request.sizes), "nested run's prompt and context")
+        if refusal is not None:
+            return refusal
+        async with transfers.shared.hold(sum(request.sizes)):
+            await self._send({"op": "send", "take": [0, 1]})
+            prompt = await self._read_text(request.prompt_chars, request.sizes[0])
+            context = await self._read_json(request.sizes[1])
+        return await _ask_nested(handler, prompt, context)
+
+    async def _read_text(self, chars: int, size: int) -> str:
+        frame = await self._within_wall_time(self._read_raw(size))
+        try:
+            text = frame.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise self._kill_for(f"it sent a malformed message (a text not UTF-8: {error.reason})") from None
+        if len(text) != chars:
+            raise self._kill_for("it sent a malformed message (a text's length is not the one announced)")
+        return text
+
+    async def _read_json(self, size: int) -> Any:
+        frame = await self._within_wall_time(self._read_raw(size))
+        try:
+            return orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            raise self._kill_for("it sent a malformed message (a nested run's context is not JSON)") from None
 
     # Helpers
 
@@ -194,64 +293,105 @@ class WorkerProcess:
         self.kill(cause)
         return WorkerDied(cause)
 
+    async def _within_wall_time(self, reading: Awaitable[T]) -> T:
+        """Waits for the worker within what is left of the block's wall-clock allowance."""
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self._wall_left):
+                return await reading
+        except TimeoutError:
+            raise self._kill_for(f"the block ran for more than {self._limits.wall_s_per_block:g} s of "
+                                 "wall-clock time (time waiting for llm_query is not counted)") from None
+        finally:
+            self._wall_left -= time.monotonic() - started
+
     async def _send(self, message: dict[str, Any]) -> None:
         await self._write(encode(message))
 
     async def _write(self, parts: list[bytes] | list[memoryview]) -> None:
-        stdin = self._process.stdin
-        assert stdin is not None
         try:
-            stdin.writelines(parts)
-            await stdin.drain()
+            self._stdin.writelines(parts)
+            await self._stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
             raise WorkerDied(await self._exit_cause()) from None
 
     async def _receive(self) -> WorkerMessage:
-        stdout = self._process.stdout
-        assert stdout is not None
+        message = await self._read(read_message(self._stdout))
         try:
-            message = parse_worker_message(await read_message(stdout), self._limits.max_output_chars)
-            if isinstance(message, LlmRequest):
-                # One frame per prompt, decoded as it arrives: the batch is never held twice.
-                for _ in range(message.count):
-                    message.prompts.append(_text(await read_frame(stdout)))
-            return message
+            return parse_worker_message(message, self._limits.max_output_chars)
+        except ProtocolError as error:
+            raise self._kill_for(f"it sent a malformed message ({error})") from None
+
+    async def _read_raw(self, size: int) -> bytearray:
+        return await self._read(read_frame(self._stdout, expected=size))
+
+    async def _read(self, reading: Awaitable[T]) -> T:
+        """What the worker sends next; a closed pipe or a malformed frame means WorkerDied."""
+        try:
+            return await reading
         except (asyncio.IncompleteReadError, ConnectionResetError):
             raise WorkerDied(await self._exit_cause()) from None
-        except (FrameError, ProtocolError) as error:
+        except FrameError as error:
             raise self._kill_for(f"it sent a malformed message ({error})") from None
 
     async def _exit_cause(self) -> str:
         try:
             async with asyncio.timeout(EXIT_WAIT_S):
-                code = await self._process.wait()
+                code = await asyncio.shield(self._exited)
         except TimeoutError:
             self.kill("it stopped responding")
-            code = await self._process.wait()
-        return self._kill_cause or describe_exit(code, self._limits)
+            code = await asyncio.shield(self._exited)
+        if self._kill_cause is not None:
+            return self._kill_cause
+        if -code in CRASH_SIGNALS:
+            logger.warning("sandbox worker %d crashed (%s); the end of its stderr: %s", self.pid,
+                           _signal_name(-code), ascii(self._stderr.text()[-LOGGED_TAIL_CHARS:]))
+        return describe_exit(code, self._limits, self._stderr.text())
 
 
-def describe_exit(code: int, limits: SandboxLimits) -> str:
-    """Why a worker that the parent did not kill ended, from its exit status."""
+def describe_exit(code: int, limits: SandboxLimits, stderr: str = "") -> str:
+    """Why a worker that the parent did not kill ended, from its exit status (and its crash report)."""
     if code == -signal.SIGXCPU:
         return (f"it used more than its CPU time allowance ({limits.cpu_s_per_block:g} s per block, "
                 f"{limits.cpu_s_per_run:g} s per run)")
     if code == -signal.SIGKILL:
         return "it was killed by the system (most likely for using too much memory or CPU time)"
+    if -code in CRASH_SIGNALS:
+        where = CRASH_FRAME.search(stderr)
+        at = f" at {where.group(1)}, line {where.group(2)}" if where else ""
+        return (f"the code crashed the Python interpreter ({_signal_name(-code)}){at}. Extremely deep "
+                "nesting does this: hashing, comparing or converting a structure nested hundreds of "
+                "thousands of levels deep, or a chain of that many iterators; keep structures shallow")
     if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = str(-code)
-        return f"it crashed ({name})" if -code in CRASH_SIGNALS else f"it was ended by signal {name}"
+        return f"it was ended by signal {_signal_name(-code)}"
     return f"it exited unexpectedly (status {code}); running out of memory can cause this"
 
 
-def _text(frame: bytearray) -> str:
+def _signal_name(number: int) -> str:
     try:
-        return frame.decode("utf-8", "surrogatepass")
-    except UnicodeDecodeError as error:
-        raise ProtocolError(f"a prompt is not UTF-8 ({error.reason})") from None
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+def _watch_exit(loop: asyncio.AbstractEventLoop, process: subprocess.Popen[bytes]) -> asyncio.Future[int]:
+    """A future of the exit status, set (and the process reaped) as soon as the process ends."""
+    exited: asyncio.Future[int] = loop.create_future()
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):  # no pidfd (an old kernel): a thread waits instead
+        waiting = asyncio.ensure_future(asyncio.to_thread(process.wait))
+        waiting.add_done_callback(lambda done: exited.done() or exited.set_result(done.result()))
+        return exited
+
+    def reap() -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        if not exited.done():
+            exited.set_result(process.wait())
+
+    loop.add_reader(pidfd, reap)
+    return exited
 
 
 def _json_bytes(context: list[dict[str, Any]]) -> bytes:
@@ -261,10 +401,18 @@ def _json_bytes(context: list[dict[str, Any]]) -> bytes:
         return json.dumps(context).encode()
 
 
-async def _ask_models(handler: CallHandler, request: LlmRequest) -> list[str]:
-    count = len(request.prompts)
+def _refusal(handler: CallHandler, chars: int, model: str | None) -> str | None:
     try:
-        answers = await handler.llm_query(request.prompts, request.model)
+        return handler.prompt_refusal(chars, model)
+    except Exception:
+        logger.exception("the sandbox call handler raised from prompt_refusal")
+        return "Error: the sub-model call failed inside the proxy"
+
+
+async def _ask_models(handler: CallHandler, prompts: list[str], model: str | None) -> list[str]:
+    count = len(prompts)
+    try:
+        answers = await handler.llm_query(prompts, model)
     except Exception:
         logger.exception("the sandbox call handler raised from llm_query")
         return ["Error: the sub-model call failed inside the proxy"] * count
@@ -274,9 +422,9 @@ async def _ask_models(handler: CallHandler, request: LlmRequest) -> list[str]:
     return answers
 
 
-async def _ask_nested(handler: CallHandler, request: RlmRequest) -> str:
+async def _ask_nested(handler: CallHandler, prompt: str, context: Any) -> str:
     try:
-        answer = await handler.rlm_query(request.prompt, request.context)
+        answer = await handler.rlm_query(prompt, context)
     except Exception:
         logger.exception("the sandbox call handler raised from rlm_query")
         return "Error: the nested run failed inside the proxy"

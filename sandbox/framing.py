@@ -1,9 +1,9 @@
 """Length-prefixed frames over the worker's stdin/stdout pipes, for both ends of the pipe.
 
 A frame is a 4-byte big-endian length and that many bytes: a JSON object for messages, or raw bytes for
-the pieces of a context that follow a `load` message (ended by an empty frame) and for the prompts that
-follow an `llm` message (one frame each). Large texts are thus never JSON-encoded, and the parent never
-holds a batch of prompts twice (decoding one big JSON frame takes twice its size).
+the pieces of a context that follow a `load` message (ended by an empty frame) and for the texts a worker
+sends when the parent asks for them (see sandbox/protocol.py). Large texts are thus never JSON-encoded,
+and the parent never holds a batch of prompts twice (decoding one big JSON frame takes twice its size).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # the worker imports this module too, and has no use for asyn
 
 HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES = 256 * 2**20  # bounds what one message can make the other side allocate
+# What a worker's JSON messages may hold: the largest is a block result with its output and an answer.
+MAX_MESSAGE_BYTES = 32 * 2**20
 READ_CHUNK = 2**20
 
 
@@ -48,19 +50,24 @@ def decode(payload: bytes | bytearray | memoryview) -> dict[str, Any]:
     return message
 
 
-def frame_size(header: bytes | bytearray) -> int:
+def frame_size(header: bytes | bytearray, limit: int = MAX_FRAME_BYTES) -> int:
     (size,) = HEADER.unpack(header)
-    if size > MAX_FRAME_BYTES:
-        raise FrameError(f"frame of {size:,} bytes exceeds the {MAX_FRAME_BYTES:,}-byte limit")
+    if size > limit:
+        raise FrameError(f"frame of {size:,} bytes exceeds the {limit:,}-byte limit")
     return size
 
 
-async def read_frame(reader: asyncio.StreamReader) -> bytearray:
-    """The next frame's payload; IncompleteReadError when the pipe closes (the worker is gone).
+async def read_frame(reader: asyncio.StreamReader, expected: int | None = None) -> bytearray:
+    """The next frame's payload: a JSON message of at most MAX_MESSAGE_BYTES, or a raw frame of exactly
+    `expected` bytes (a size the parent agreed to before asking for it). IncompleteReadError when the pipe
+    closes (the worker is gone).
 
     Read piece by piece into one buffer: `readexactly(size)` would first grow the reader's own buffer to
     the whole frame and then copy it, holding a large payload twice."""
-    size = frame_size(await reader.readexactly(HEADER.size))
+    size = frame_size(await reader.readexactly(HEADER.size),
+                      MAX_MESSAGE_BYTES if expected is None else expected)
+    if expected is not None and size != expected:
+        raise FrameError(f"frame of {size:,} bytes where {expected:,} were announced")
     payload = bytearray(size)
     done = 0
     while done < size:

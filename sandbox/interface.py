@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from sandbox.framing import MAX_FRAME_BYTES
+
 Outcome = Literal["ok", "error", "timeout", "killed"]
+MIB = 2**20
 
 # The modules code may import (as read-only views of their public functions, classes and constants).
 ALLOWED_MODULES = ("bisect", "collections", "datetime", "difflib", "functools", "heapq", "itertools", "json",
@@ -19,15 +22,43 @@ class SandboxLimits:
     cpu_s_per_run: float = 300.0  # CPU seconds for a worker's whole life (RLIMIT_CPU)
     wall_s_per_block: float = 60.0  # parent-side watchdog; time waiting for llm_query answers excluded
     max_output_chars: int = 20_000  # printed output of one block as returned
+    # Sub-call texts (prompts, nested contexts) the parent takes from one worker at a time: a larger
+    # batch is taken in waves, each sent to the models before the next is read.
+    max_batch_bytes: int = 64 * MIB
+    max_run_bytes: int = 1024 * MIB  # all sub-call texts of one session together
 
     def __post_init__(self) -> None:
-        for name in ("memory_mb", "cpu_s_per_block", "cpu_s_per_run", "wall_s_per_block", "max_output_chars"):
+        for name in ("memory_mb", "cpu_s_per_block", "cpu_s_per_run", "wall_s_per_block", "max_output_chars",
+                     "max_batch_bytes", "max_run_bytes"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"SandboxLimits.{name} must be positive")
+        if self.max_batch_bytes > MAX_FRAME_BYTES:
+            raise ValueError(f"SandboxLimits.max_batch_bytes must be at most {MAX_FRAME_BYTES:,}")
+
+
+@dataclass(frozen=True)
+class PoolLimits:
+    """What all the sessions of a pool share."""
+
+    warm_workers: int = 2  # started ahead of time, ready for a context
+    max_workers: int = 32  # live worker processes at once, warm ones included
+    worker_wait_s: float = 60.0  # how long a session waits for a worker when all are busy
+    max_inflight_bytes: int = 256 * MIB  # sub-call texts held for all workers together
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.warm_workers <= self.max_workers and self.max_workers > 0):
+            raise ValueError("PoolLimits: need 0 <= warm_workers <= max_workers and max_workers > 0")
+        if not (self.worker_wait_s >= 0 and self.max_inflight_bytes > 0):
+            raise ValueError("PoolLimits: worker_wait_s must be >= 0 and max_inflight_bytes positive")
 
 
 class CallHandler(Protocol):
     """Implemented by the engine: makes the real model calls that code in the REPL asks for."""
+
+    def prompt_refusal(self, chars: int, model: str | None) -> str | None:
+        """Why a prompt of `chars` characters for `model` would be refused ("Error: ..."), else None.
+        Asked before the prompt is read from the worker."""
+        ...
 
     async def llm_query(self, prompts: list[str], model: str | None) -> list[str]:
         """One answer per prompt, in order; never raises (failures are "Error: ..." strings)."""

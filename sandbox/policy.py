@@ -4,23 +4,27 @@ RestrictedPython rewrites every attribute access, subscript, iteration, write an
 block into calls of the guard functions below; names starting with "_" are compile errors. The guards
 only see what the restricted source itself does, so anything host code does on the sandbox's behalf
 (getattr with a computed name, str.format's field lookups, module objects behind functions) is closed
-here: computed attribute names pass the same checks as written ones, str.format is unavailable, and
-modules are replaced by views holding only their public functions, classes and constants.
+here: computed attribute names pass the same checks as written ones, every way to str.format's field
+lookups ("{0.attr[key]}") goes through one formatter that applies the same checks, and modules are
+replaced by views holding only their public functions, classes and constants.
 """
 
 from __future__ import annotations
 
+import _string
 import ast
 import builtins
 import collections
 import copy
 import functools
 import importlib
+import inspect
 import operator
 import re
+import string
 import sys
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import (
     AsyncGeneratorType,
     BuiltinFunctionType,
@@ -44,11 +48,11 @@ from sandbox.interface import ALLOWED_MODULES
 
 MODULES: dict[str, ModuleType] = {name: importlib.import_module(name) for name in ALLOWED_MODULES}
 
-# Public names that are still unsafe: Formatter resolves "{0.__class__}" fields with host getattr (a known
-# RestrictedPython CVE); singledispatch evaluates string annotations with eval(); update_wrapper/wraps copy
-# attributes named by the caller; total_ordering writes onto any class. Safe versions of the last two below.
+# Public names that are still unsafe: singledispatch evaluates string annotations with eval();
+# update_wrapper/wraps copy attributes named by the caller; total_ordering writes onto any class. Safe
+# versions of the last two below. (string.Formatter, which resolves "{0.__class__}" fields with host
+# getattr, a known RestrictedPython CVE, is replaced by SafeFormatter.)
 WITHHELD = {
-    "string": {"Formatter"},
     "functools": {"singledispatch", "singledispatchmethod", "update_wrapper", "wraps", "total_ordering"},
 }
 TEXT_MODULES = {"re", "json", "textwrap", "difflib", "unicodedata", "string"}  # functions reading their args
@@ -175,8 +179,6 @@ def check_attribute(obj: object, name: object) -> None:
     if (name in FORBIDDEN_ATTRIBUTES or isinstance(obj, FRAME_LIKE)
             or (isinstance(obj, GENERATOR_LIKE) and name.startswith(GENERATOR_PREFIXES))):
         raise AttributeError(f'"{name}" is a restricted name in the sandbox')
-    if name in FORMAT_METHODS and (isinstance(obj, str) or (isinstance(obj, type) and issubclass(obj, str))):
-        raise AttributeError(f"str.{name}() is not available in the sandbox: use f-strings or % formatting")
     if name == "obj" and isinstance(obj, BaseException):
         raise AttributeError('"obj" of exceptions is not available in the sandbox')
 
@@ -192,6 +194,60 @@ def is_str_formatter(value: object) -> bool:
 def check_value(value: object, what: str) -> None:
     if isinstance(value, OPAQUE) or is_str_formatter(value):
         raise AttributeError(f"{what} is not available in the sandbox")
+
+
+def guarded_getattr(obj: object, name: str) -> Any:
+    check_attribute(obj, name)
+    value = getattr(obj, name)
+    check_value(value, f"{name!r}")
+    return value
+
+
+def guarded_getitem(obj: Any, key: Any) -> Any:
+    value = obj[key]
+    check_value(value, "this item")
+    return value
+
+
+class SafeFormatter(string.Formatter):
+    """str.format's machinery with field lookups ("{0.name}", "{0[key]}", "{name}") checked as the code's
+    own attribute and item reads are. What sandboxed code gets for string.Formatter, and what every
+    route to str.format / str.format_map (a str, the str type, super(), collections.UserString) runs."""
+
+    def get_value(self, key: int | str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        return guarded_getitem(args if isinstance(key, int) else kwargs, key)
+
+    def get_field(self, field_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
+        first, rest = _string.formatter_field_name_split(field_name)
+        value = self.get_value(first, args, kwargs)
+        for is_attribute, key in rest:
+            value = guarded_getattr(value, key) if is_attribute else guarded_getitem(value, key)
+        return value, first
+
+
+SAFE_FORMATTER = SafeFormatter()
+
+
+def safe_format(template: str, /, *args: Any, **kwargs: Any) -> str:
+    """str.format, with field lookups guarded."""
+    if not isinstance(template, str):
+        raise TypeError(f"format() needs a str template, not {type(template).__name__}")
+    return SAFE_FORMATTER.vformat(template, args, kwargs)
+
+
+def safe_format_map(template: str, mapping: Mapping[str, Any], /) -> str:
+    """str.format_map, with field lookups guarded."""
+    if not isinstance(template, str):
+        raise TypeError(f"format_map() needs a str template, not {type(template).__name__}")
+    return SAFE_FORMATTER.vformat(template, (), mapping)
+
+
+def guard_stdlib_formatting() -> None:
+    """Routes the one allowed stdlib class that formats with str.format on the caller's template,
+    collections.UserString, through the safe formatter. Patched on the class itself (once, in the worker
+    process): a subclass would leave the original reachable through super()."""
+    collections.UserString.format = lambda self, /, *args, **kwargs: safe_format(self.data, *args, **kwargs)
+    collections.UserString.format_map = lambda self, mapping: safe_format_map(self.data, mapping)
 
 
 class ModuleView:
@@ -294,6 +350,8 @@ class Guards:
             return self._init_of(obj)
         check_attribute(obj, name)
         value = getattr(obj, name, *default)
+        if is_str_formatter(value):
+            return self._safe_formatter(value)
         check_value(value, f"{name!r}")
         if type(obj) is re.Pattern and name in PATTERN_READERS:
             return self._noting_reads(value)
@@ -306,10 +364,7 @@ class Guards:
             return False
         return True
 
-    def getitem(self, obj: Any, key: Any) -> Any:
-        value = obj[key]
-        check_value(value, "this item")
-        return value
+    getitem = staticmethod(guarded_getitem)
 
     def dir(self, *args: object) -> list[str]:
         if len(args) != 1:
@@ -364,18 +419,40 @@ class Guards:
     # Helpers
 
     def _init_of(self, obj: object) -> Any:
-        """`__init__` for `super().__init__(...)` and `Parent.__init__(self, ...)`, where it cannot
-        re-initialise an object of the host (such as a module view) but only the code's own objects."""
-        if isinstance(obj, super):
-            if self._is_own(obj.__self__):
-                return obj.__init__  # bound to the code's own instance (or class)
-        elif isinstance(obj, type):
-            method = obj.__init__ if obj in self._own_classes else None
-            if isinstance(method, FunctionType) and method.__builtins__ is self.builtins:
-                return method  # defined by the code itself, whatever it is later applied to
-        elif type(obj) in self._own_classes:
-            return obj.__init__
+        """`__init__` for `super().__init__(...)` and `Parent.__init__(self, ...)`, judged by what it
+        resolves to (never by what it is read from: `super(E, E).__init__` of a subclass E of a host class
+        is the host class's unbound __init__): one the code defined itself, whatever it is applied to, or
+        one bound to the code's own object. A host object (such as a module view) is never re-initialised."""
+        method = obj.__init__  # type: ignore[misc]
+        function = getattr(method, "__func__", method)
+        if isinstance(function, FunctionType) and function.__builtins__ is self.builtins:
+            return method
+        bound_to = getattr(method, "__self__", None)
+        if bound_to is not None and not isinstance(bound_to, super) and self._is_own(bound_to):
+            return method
         raise AttributeError('"__init__" is available on super() and on your own classes and objects only')
+
+    def _safe_formatter(self, method: Any) -> Callable[..., str]:
+        """The safe equivalent of str.format / format_map, unbound or bound to its template; formatting
+        a text reads all of it."""
+        format_map = method.__name__ == "format_map"
+        unbound = method is str.format or method is str.format_map
+        formatter = safe_format_map if format_map else safe_format
+        if unbound:
+            def format_unbound(template: str, /, *args: Any, **kwargs: Any) -> str:
+                self._coverage.note(template)
+                return formatter(template, *args, **kwargs)
+
+            format_unbound.__name__ = method.__name__
+            return format_unbound
+        template = method.__self__
+
+        def format_bound(*args: Any, **kwargs: Any) -> str:
+            self._coverage.note(template)
+            return formatter(template, *args, **kwargs)
+
+        format_bound.__name__ = method.__name__
+        return format_bound
 
     def _is_own(self, obj: object) -> bool:
         return obj in self._own_classes if isinstance(obj, type) else type(obj) in self._own_classes
@@ -398,10 +475,7 @@ class Guards:
                 note(value)
             return function(*args, **kwargs)
 
-        reading.__name__ = function.__name__
-        reading.__qualname__ = getattr(function, "__qualname__", function.__name__)
-        reading.__doc__ = function.__doc__
-        return reading
+        return _named_like(reading, function)
 
     def _view(self, name: str, module: ModuleType) -> ModuleView:
         names = getattr(module, "__all__", None) or [key for key in vars(module) if not key.startswith("_")]
@@ -411,12 +485,16 @@ class Guards:
         members = {}
         for key, value in values.items():
             if isinstance(value, ROUTINES):
+                if name == "re":
+                    value = _without_debug_flag(value)
                 members[key] = self._noting_reads(value) if name in TEXT_MODULES else value
             elif isinstance(value, (type, *classes)) or _is_plain_constant(value):
                 members[key] = value
         if name == "functools":
             members["wraps"] = self._wraps
             members["total_ordering"] = self._total_ordering
+        if name == "string":
+            members["Formatter"] = SafeFormatter
         return ModuleView(name, members)
 
     def _wraps(self, wrapped: object) -> Callable[[FunctionType], FunctionType]:
@@ -434,6 +512,29 @@ class Guards:
         if cls not in self._own_classes:
             raise TypeError("functools.total_ordering works on your own classes only")
         return functools.total_ordering(cls)
+
+
+def _without_debug_flag(function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function` (from `re`), refusing re.DEBUG: compiling with it prints the pattern's parse tree
+    straight to the process's stdout, outside the block's output."""
+    try:
+        position = list(inspect.signature(function).parameters).index("flags")
+    except ValueError:
+        return function
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        flags = args[position] if len(args) > position else kwargs.get("flags", 0)
+        if isinstance(flags, int) and flags & re.DEBUG:
+            raise ValueError("re.DEBUG is not available in the sandbox (it prints outside your output)")
+        return function(*args, **kwargs)
+
+    return _named_like(checked, function)
+
+
+def _named_like(wrapper: Callable[..., Any], function: Callable[..., Any]) -> Callable[..., Any]:
+    """The wrapper with the wrapped function's name and help, for the model's tracebacks and dir()."""
+    return functools.update_wrapper(wrapper, function, assigned=("__name__", "__qualname__", "__doc__"),
+                                    updated=())
 
 
 def _is_plain_constant(value: object) -> bool:

@@ -1,4 +1,9 @@
-"""Warm worker processes, handed out as sessions: Python started and everything imported ahead of time."""
+"""Warm worker processes, handed out as sessions: Python started and everything imported ahead of time.
+
+The pool also holds what all sessions share: a cap on live worker processes (warm ones included), for
+which a session waits up to `worker_wait_s` when all are busy, and the byte budget of sub-call texts held
+for all workers at once (sandbox/transfer.py).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,20 @@ import logging
 from typing import Any
 
 from sandbox.bridge import WorkerProcess
-from sandbox.interface import SandboxLimits, SandboxUnavailableError
+from sandbox.interface import PoolLimits, SandboxLimits, SandboxUnavailableError
 from sandbox.session import SandboxSession
+from sandbox.transfer import ByteBudget, Transfers
 
 logger = logging.getLogger(__name__)
 
 
 class SandboxPool:
-    def __init__(self, limits: SandboxLimits, warm_workers: int = 2) -> None:
+    def __init__(self, limits: SandboxLimits, shared: PoolLimits | None = None) -> None:
         self._limits = limits
-        self._target = max(0, warm_workers)
+        self._shared = shared or PoolLimits()
+        self._bytes = ByteBudget(self._shared.max_inflight_bytes)
+        self._slots = asyncio.Semaphore(self._shared.max_workers)  # one per live worker
+        self._live: set[WorkerProcess] = set()  # every worker holding a slot
         self._warm: list[WorkerProcess] = []
         self._sessions: set[SandboxSession] = set()
         self._refill: asyncio.Task[None] | None = None
@@ -28,8 +37,8 @@ class SandboxPool:
     async def start(self) -> None:
         """Spawns the warm workers and waits until they are ready."""
         self._started = True
-        spawned = await asyncio.gather(*(self._spawn() for _ in range(self._target - len(self._warm))),
-                                       return_exceptions=True)
+        wanted = self._shared.warm_workers - len(self._warm)
+        spawned = await asyncio.gather(*(self._spawn() for _ in range(wanted)), return_exceptions=True)
         self._warm.extend(worker for worker in spawned if isinstance(worker, WorkerProcess))
         for failure in spawned:
             if isinstance(failure, BaseException):
@@ -39,7 +48,7 @@ class SandboxPool:
         """A session with `context` loaded in a worker of its own (a warm one when there is one)."""
         if self._closed:
             raise SandboxUnavailableError("the sandbox pool is closed")
-        session = SandboxSession(context, self._limits, self)
+        session = SandboxSession(context, self._limits, self, Transfers(self._limits, self._bytes))
         self._sessions.add(session)
         try:
             await session.start()
@@ -50,7 +59,8 @@ class SandboxPool:
 
     def status(self) -> dict[str, Any]:
         usable = self._started and not self._closed and (bool(self._warm) or self._spawn_error is None)
-        status: dict[str, Any] = {"usable": usable, "warm": len(self._warm), "sessions": len(self._sessions)}
+        status: dict[str, Any] = {"usable": usable, "warm": len(self._warm), "sessions": len(self._sessions),
+                                  "workers": len(self._live), "max_workers": self._shared.max_workers}
         if self._spawn_error is not None:
             status["error"] = self._spawn_error
         return status
@@ -63,7 +73,7 @@ class SandboxPool:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refill
         warm, self._warm = self._warm, []
-        await asyncio.gather(*(worker.close() for worker in warm),
+        await asyncio.gather(*(self.retire(worker) for worker in warm),
                              *(session.close() for session in list(self._sessions)))
 
     # The WorkerSource of sessions
@@ -75,8 +85,22 @@ class SandboxPool:
             worker = self._warm.pop()
             if worker.alive:
                 return worker
-            await worker.close()
-        return await self._spawn()
+            await self.retire(worker)
+        try:
+            async with asyncio.timeout(self._shared.worker_wait_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise SandboxUnavailableError(
+                f"all {self._shared.max_workers} sandbox workers are busy (waited "
+                f"{self._shared.worker_wait_s:g} s); try again later") from None
+        return await self._spawn_in_slot()
+
+    async def retire(self, worker: WorkerProcess) -> None:
+        await worker.close()
+        if worker in self._live:  # once per worker, however often it is retired
+            self._live.discard(worker)
+            self._slots.release()
+            self.replenish()
 
     def replenish(self) -> None:
         """Refills the warm workers in the background, one at a time (the machine may have few cores)."""
@@ -89,22 +113,32 @@ class SandboxPool:
     # Helpers
 
     async def _refill_warm(self) -> None:
-        while not self._closed and len(self._warm) < self._target:
+        # Never waits for a slot: a session waiting for one comes first, and takes the next free slot.
+        while not self._closed and len(self._warm) < self._shared.warm_workers and not self._slots.locked():
+            await self._slots.acquire()
             try:
-                worker = await self._spawn()
+                worker = await self._spawn_in_slot()
             except SandboxUnavailableError:
                 logger.exception("could not refill the sandbox pool")
                 return
             if self._closed:
-                await worker.close()
+                await self.retire(worker)
                 return
             self._warm.append(worker)
 
     async def _spawn(self) -> WorkerProcess:
+        await self._slots.acquire()
+        return await self._spawn_in_slot()
+
+    async def _spawn_in_slot(self) -> WorkerProcess:
+        """A new worker, in a slot the caller has acquired (and which is released if this fails)."""
         try:
             worker = await WorkerProcess.spawn()
-        except SandboxUnavailableError as error:
-            self._spawn_error = str(error)
+        except BaseException as error:
+            self._slots.release()
+            if isinstance(error, SandboxUnavailableError):
+                self._spawn_error = str(error)
             raise
         self._spawn_error = None
+        self._live.add(worker)
         return worker

@@ -1,7 +1,15 @@
 """The messages between the parent and a worker, and the parent's strict reading of what a worker sends.
 
-Parent -> worker: load (then the raw context bytes), exec, var, answer.
-Worker -> parent: ready, loaded, llm (then one raw frame per prompt), rlm, result, var.
+Parent -> worker: load (then the raw context bytes), exec, var, send, answer.
+Worker -> parent: ready, loaded, llm, rlm, result, var, and raw frames when asked.
+
+A request for model calls (`llm`: prompts; `rlm`: a prompt and a nested run's context) announces the size
+of each text in characters and UTF-8 bytes, and nothing more. The parent decides from the sizes alone
+what it will take (the sub-model's window, its byte budgets), asks for those texts with `send` (in waves,
+when a batch is larger than it holds at once), reads exactly the announced sizes, and ends the exchange
+with `answer`, one result per text asked about. A worker can thus never make the parent read, let alone
+hold, more than the parent agreed to.
+
 Everything a worker sends is untrusted: anything that is not exactly one of the expected messages, with
 the expected types and sizes, is a ProtocolError and the parent kills the worker.
 """
@@ -9,13 +17,16 @@ the expected types and sizes, is a ProtocolError and the parent kills the worker
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from sandbox.framing import MAX_FRAME_BYTES
 from sandbox.interface import FinalAnswer
 
 MAX_BATCH_PROMPTS = 4096
 MAX_MODEL_NAME_CHARS = 256
+MAX_ANSWER_CHARS = 2**22  # FINAL's text: far more than a model's reply can carry, far less than a frame
+UTF8_MAX_BYTES_PER_CHAR = 4
 MAX_REPORTED_INTERVALS = 1000  # read intervals sent with a result; beyond this only the fraction is sent
 OUTPUT_SLACK_CHARS = 200  # the cut marker and separators on top of max_output_chars
 BLOCK_OUTCOMES = ("ok", "error", "timeout")  # "killed" is the parent's verdict, never the worker's
@@ -37,17 +48,20 @@ class Loaded:
 
 @dataclass(frozen=True)
 class LlmRequest:
-    """`count` prompts follow as raw UTF-8 frames; the parent reads them into `prompts`."""
+    """Prompts on offer: prompt i has chars[i] characters in sizes[i] UTF-8 bytes."""
 
-    count: int
     model: str | None
-    prompts: list[str] = field(default_factory=list)
+    chars: list[int]
+    sizes: list[int]
 
 
 @dataclass(frozen=True)
 class RlmRequest:
-    prompt: str
-    context: Any  # JSON data, as decoded
+    """A nested run on offer: its prompt (prompt_chars characters, sizes[0] bytes of UTF-8) and its
+    context (sizes[1] bytes of JSON)."""
+
+    prompt_chars: int
+    sizes: tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -61,7 +75,8 @@ class BlockDone:
 
 @dataclass(frozen=True)
 class VariableValue:
-    value: str | None
+    value: str | None  # None: no such variable, or `problem` says why it cannot be the answer
+    problem: str | None
 
 
 WorkerMessage = Ready | Loaded | LlmRequest | RlmRequest | BlockDone | VariableValue
@@ -76,26 +91,42 @@ def parse_worker_message(message: dict[str, Any], max_output_chars: int) -> Work
         _expect_keys(message, "op", "coverage")
         return Loaded(_fraction(message["coverage"]))
     if op == "llm":
-        _expect_keys(message, "op", "count", "model")
-        count, model = message["count"], message["model"]
-        if not (type(count) is int and 0 < count <= MAX_BATCH_PROMPTS):
-            raise ProtocolError("llm: count must be a number of prompts")
+        _expect_keys(message, "op", "model", "chars", "sizes")
+        model, chars, sizes = message["model"], message["chars"], message["sizes"]
         if model is not None and not (isinstance(model, str) and 0 < len(model) <= MAX_MODEL_NAME_CHARS):
             raise ProtocolError("llm: bad model name")
-        return LlmRequest(count, model)
+        if not (isinstance(chars, list) and isinstance(sizes, list) and 0 < len(chars) == len(sizes)
+                <= MAX_BATCH_PROMPTS):
+            raise ProtocolError("llm: chars and sizes must be lists of equal length within the batch limit")
+        for count, size in zip(chars, sizes, strict=True):
+            _check_text_size(count, size)
+        return LlmRequest(model, chars, sizes)
     if op == "rlm":
-        _expect_keys(message, "op", "prompt", "context")
-        if not isinstance(message["prompt"], str):
-            raise ProtocolError("rlm: prompt must be a str")
-        return RlmRequest(message["prompt"], message["context"])
+        _expect_keys(message, "op", "chars", "sizes")
+        chars, sizes = message["chars"], message["sizes"]
+        if not (isinstance(sizes, list) and len(sizes) == 2 and type(sizes[1]) is int
+                and 0 < sizes[1] <= MAX_FRAME_BYTES):
+            raise ProtocolError("rlm: sizes must be [prompt bytes, context bytes]")
+        _check_text_size(chars, sizes[0])
+        return RlmRequest(chars, (sizes[0], sizes[1]))
     if op == "result":
         return _parse_result(message, max_output_chars)
     if op == "var":
-        _expect_keys(message, "op", "value")
-        if not isinstance(message["value"], (str, type(None))):
-            raise ProtocolError("var: value must be a str or null")
-        return VariableValue(message["value"])
+        _expect_keys(message, "op", "value", "problem")
+        value, problem = message["value"], message["problem"]
+        if not (value is None or (isinstance(value, str) and len(value) <= MAX_ANSWER_CHARS)):
+            raise ProtocolError("var: value must be a str within the answer limit, or null")
+        if not (problem is None or (isinstance(problem, str) and len(problem) <= max_output_chars)):
+            raise ProtocolError("var: problem must be a short str or null")
+        return VariableValue(value, problem)
     raise ProtocolError(f"unknown message {str(op)[:40]!r}")
+
+
+def _check_text_size(chars: object, size: object) -> None:
+    """A text's announced size: UTF-8 takes one to four bytes a character."""
+    if not (type(chars) is int and type(size) is int and 0 <= chars <= size <= UTF8_MAX_BYTES_PER_CHAR * chars
+            and size <= MAX_FRAME_BYTES):
+        raise ProtocolError("a text's size must be its characters and UTF-8 bytes, within the frame limit")
 
 
 def _parse_result(message: dict[str, Any], max_output_chars: int) -> BlockDone:
@@ -108,7 +139,8 @@ def _parse_result(message: dict[str, Any], max_output_chars: int) -> BlockDone:
     answer = None
     if final is not None:
         if not (isinstance(final, dict) and set(final) == {"text", "variable"}
-                and isinstance(final["text"], str) and isinstance(final["variable"], (str, type(None)))):
+                and isinstance(final["text"], str) and len(final["text"]) <= MAX_ANSWER_CHARS
+                and isinstance(final["variable"], (str, type(None)))):
             raise ProtocolError("result: bad final answer")
         answer = FinalAnswer(final["text"], final["variable"])
     return BlockDone(outcome, output, answer, _fraction(message["coverage"]), _intervals(message["reads"]))

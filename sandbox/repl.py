@@ -7,27 +7,35 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
+
 from sandbox.coverage import Coverage
-from sandbox.framing import FrameError
+from sandbox.framing import MAX_FRAME_BYTES
 from sandbox.limits import BlockTimer, CpuTimeExceeded
 from sandbox.output import Output
 from sandbox.policy import Guards, ModuleView, PolicyError, SandboxType, compile_block
-from sandbox.protocol import MAX_BATCH_PROMPTS, MAX_MODEL_NAME_CHARS, MAX_REPORTED_INTERVALS
+from sandbox.protocol import MAX_ANSWER_CHARS, MAX_BATCH_PROMPTS, MAX_MODEL_NAME_CHARS, MAX_REPORTED_INTERVALS
 
-# Sends a request (and texts that follow it as raw frames) to the parent, and returns its answer.
-Exchange = Callable[[dict[str, Any], Sequence[str]], dict[str, Any]]
+# Offers texts to the parent with a request announcing their sizes, sends those the parent asks for, and
+# returns its answer (see sandbox/protocol.py).
+Exchange = Callable[[dict[str, Any], Sequence[str | bytes]], dict[str, Any]]
+# Removes host details (installation paths) from text shown to the model.
+Redact = Callable[[str], str]
 
 TRACEBACK_HEAD, TRACEBACK_TAIL = 2, 4  # frames kept around the cut in a deep traceback
 MAX_MESSAGE_CHARS = 2000
 MAX_JSON_DEPTH = 100
+MAX_IGNORED_NOTES = 5  # per block: exceptions raised where Python can only ignore them (e.g. in __del__)
 
 
 class Repl:
     def __init__(self, context: Any, coverage: Coverage, max_output_chars: int, exchange: Exchange,
-                 timer: BlockTimer) -> None:
+                 timer: BlockTimer, redact: Redact) -> None:
         self._coverage = coverage
         self._exchange = exchange
         self._timer = timer
+        self._redact = redact
+        self._ignored = 0  # exceptions noted by note_ignored_exception in this block
         self._output = Output(max_output_chars)
         self._final: dict[str, Any] | None = None
         self._sources: dict[str, list[str]] = {}  # block filename -> its lines, for tracebacks
@@ -48,6 +56,7 @@ class Repl:
         self._sources[filename] = code.splitlines()
         self._output.reset()
         self._final = None
+        self._ignored = 0
         outcome, error = "ok", ""
         try:
             self._timer.start()
@@ -64,21 +73,40 @@ class Repl:
                 "\n(The sandbox's memory limit was reached; memory held by your variables counts too.)")
         except BaseException as failed:  # whatever the code raised is reported to the model
             outcome, error = "error", self._describe(failed)
-        return {"op": "result", "outcome": outcome, "output": self._render(error), "final": self._final,
-                "coverage": self._coverage.fraction(), "reads": self.reads()}
+        return {"op": "result", "outcome": outcome, "output": sendable(self._render(error)),
+                "final": self._final, "coverage": self._coverage.fraction(), "reads": self.reads()}
 
-    def variable(self, name: str) -> str | None:
-        """str() of a REPL variable (FINAL_VAR on its own line), None if there is no such variable."""
+    def failed_result(self, error: BaseException) -> dict[str, Any]:
+        """The result of a block whose own result could not be sent (e.g. no memory left to encode it)."""
+        self._final = None
+        return {"op": "result", "outcome": "error", "final": None, "coverage": self._coverage.fraction(),
+                "reads": None, "output": sendable(self._redact(
+                    f"The block ran, but its result could not be sent back: {type(error).__name__}. "
+                    "Print less, or answer with a smaller value."))}
+
+    def variable(self, name: str) -> dict[str, Any]:
+        """The `var` message for FINAL_VAR on its own line: str() of the variable, or why there is none."""
         if name.startswith("_") or name not in self._globals:
-            return None
+            return {"op": "var", "value": None, "problem": None}
         try:
             self._timer.start()
             try:
-                return str(self._globals[name])
+                return {"op": "var", "value": _answer_text(self._globals[name], f"FINAL_VAR({name})"),
+                        "problem": None}
             finally:
                 self._timer.stop()
-        except BaseException:  # too big or too slow to convert: no usable answer
-            return None
+        except BaseException as failed:  # too big, too slow or failing to convert: no usable answer
+            return {"op": "var", "value": None, "problem": sendable(self._redact(self._describe(failed)))}
+
+    def note_ignored_exception(self, unraisable: Any) -> None:
+        """sys.unraisablehook: an exception Python had to ignore (raised in __del__, or while closing a
+        generator) becomes a short note in the block's output; it never reaches the worker's stderr."""
+        self._ignored += 1
+        if self._ignored <= MAX_IGNORED_NOTES:
+            error = unraisable.exc_value
+            message = self._describe_message(error) if error is not None else ""
+            self._output.write(f"[An exception was ignored during cleanup: "
+                               f"{getattr(unraisable.exc_type, '__name__', 'Exception')}: {message[:200]}]\n")
 
     def reads(self) -> list[tuple[int, int]] | None:
         intervals = self._coverage.intervals()
@@ -112,16 +140,19 @@ class Repl:
         if problem is not None:
             return problem
         try:
-            data = self._json_data(context, 0)
+            data = orjson.dumps(self._json_data(context, 0))
         except (TypeError, ValueError) as error:
             return f"Error: rlm_query context must be JSON data (str, list, dict, numbers, None): {error}"
         self._coverage.note(prompt)
-        answer = self._send({"op": "rlm", "prompt": str.__str__(prompt), "context": data}, 1)
-        return answer[0]
+        text = sendable(str.__str__(prompt))
+        size = _utf8_size(text)
+        if size + len(data) > MAX_FRAME_BYTES:
+            return f"Error: the prompt and context are too large to send ({size + len(data):,} bytes)"
+        return self._send({"op": "rlm", "chars": len(text), "sizes": [size, len(data)]}, [text, data])[0]
 
     def final(self, answer: object) -> None:
         """Record `answer` (as str) as the final answer; the last call in a block wins."""
-        self._final = {"text": str(answer), "variable": None}
+        self._final = {"text": _answer_text(answer, "FINAL"), "variable": None}
 
     def final_var(self, name: object) -> None:
         """Record the value of the REPL variable called `name` (as str) as the final answer."""
@@ -131,7 +162,7 @@ class Repl:
         key = name.strip()
         if key.startswith("_") or key not in self._globals:
             raise NameError(f"FINAL_VAR: no variable named {key!r}; use FINAL(value) to answer with a value")
-        self._final = {"text": str(self._globals[key]), "variable": key}
+        self._final = {"text": _answer_text(self._globals[key], "FINAL_VAR"), "variable": key}
 
     def show_vars(self) -> None:
         """Print your variables and their types."""
@@ -146,15 +177,15 @@ class Repl:
     def _ask_models(self, prompts: list[str], model: str | None) -> list[str]:
         for prompt in prompts:
             self._coverage.note(prompt)
-        request = {"op": "llm", "count": len(prompts), "model": model}
-        return self._send(request, len(prompts), [str.__str__(prompt) for prompt in prompts])
+        texts = [sendable(str.__str__(prompt)) for prompt in prompts]
+        request = {"op": "llm", "model": model, "chars": [len(text) for text in texts],
+                   "sizes": [_utf8_size(text) for text in texts]}
+        return self._send(request, texts)
 
-    def _send(self, request: dict[str, Any], expected: int, texts: Sequence[str] = ()) -> list[str]:
-        try:
-            answer = self._exchange(request, texts)
-        except FrameError as error:
-            return [f"Error: the request is too large to send ({error}); send smaller pieces"] * expected
+    def _send(self, request: dict[str, Any], texts: Sequence[str | bytes]) -> list[str]:
+        answer = self._exchange(request, texts)
         results = answer.get("results")
+        expected = len(request["sizes"]) if request["op"] == "llm" else 1
         if not (isinstance(results, list) and len(results) == expected
                 and all(isinstance(result, str) for result in results)):
             return ["Error: the sandbox received an invalid answer"] * expected
@@ -165,7 +196,7 @@ class Repl:
             raise ValueError("nested too deeply")
         if isinstance(value, str):
             self._coverage.note(value)
-            return str.__str__(value)
+            return sendable(str.__str__(value))
         if type(value) is int and not -(2**63) <= value < 2**64:
             raise ValueError("integers must fit in 64 bits")
         if value is None or type(value) in (bool, int, float):
@@ -177,7 +208,8 @@ class Repl:
             self._coverage.note(value)
             if not all(isinstance(key, str) for key in value):
                 raise TypeError("dict keys must be str")
-            return {str.__str__(key): self._json_data(item, depth + 1) for key, item in value.items()}
+            return {sendable(str.__str__(key)): self._json_data(item, depth + 1)
+                    for key, item in value.items()}
         raise TypeError(f"{type(value).__name__} is not JSON data")
 
     def _describe(self, error: BaseException) -> str:
@@ -198,18 +230,23 @@ class Repl:
             source = self._sources[filename]
             if line is not None and 0 < line <= len(source):
                 lines.append(f"    {source[line - 1].strip()[:200]}")
+        message = self._describe_message(error)
+        head = ["Traceback (most recent call last):", *lines] if lines else []
+        return "\n".join([*head, f"{type(error).__name__}: {message}" if message else type(error).__name__])
+
+    @staticmethod
+    def _describe_message(error: BaseException) -> str:
         try:
             message = str(error)
         except BaseException:  # an exception whose message cannot be built
             message = "<message unavailable>"
-        if len(message) > MAX_MESSAGE_CHARS:
-            message = message[:MAX_MESSAGE_CHARS] + "..."
-        head = ["Traceback (most recent call last):", *lines] if lines else []
-        return "\n".join([*head, f"{type(error).__name__}: {message}" if message else type(error).__name__])
+        return message[:MAX_MESSAGE_CHARS] + "..." if len(message) > MAX_MESSAGE_CHARS else message
 
     def _render(self, error: str) -> str:
-        """Printed output then the error, within max_chars; a marker says how much printed text was cut."""
+        """Printed output then the error, within max_chars; a marker says how much printed text was cut.
+        Host paths are redacted from both (an exception the code printed shows them as well)."""
         limit = self._output.max_chars
+        error = self._redact(error)
         if len(error) > limit // 2:
             error = "..." + error[-max(limit // 2, 1):]
         printed, total = self._output.text(), self._output.total
@@ -218,12 +255,40 @@ class Repl:
             printed = f"{printed[:room]}\n... [{total - room:,} more characters cut]\n"
         elif printed and error and not printed.endswith("\n"):
             printed += "\n"
-        return printed + error
+        return self._redact(printed) + error
+
+
+def sendable(text: str) -> str:
+    """`text` as valid Unicode: lone surrogates (chr(0xd800)) cannot be encoded and become U+FFFD."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def _utf8_size(text: str) -> int:
+    """The size of a sendable `text` in UTF-8."""
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def _answer_text(value: object, what: str) -> str:
+    text = str(value)
+    if len(text) > MAX_ANSWER_CHARS:
+        raise ValueError(f"{what}: the answer has {len(text):,} characters, more than the "
+                         f"{MAX_ANSWER_CHARS:,} an answer may have; answer with a summary, or the part that "
+                         "was asked for")
+    return sendable(text)
 
 
 def _prompt_problem(prompt: object) -> str | None:
     if not isinstance(prompt, str):
         return f"Error: the prompt must be a str, not {_type_name(prompt)}"
+    # Only a prompt of over MAX_FRAME_BYTES / 4 characters can be too large to announce to the parent.
+    if len(prompt) * 4 > MAX_FRAME_BYTES and (size := _utf8_size(sendable(prompt))) > MAX_FRAME_BYTES:
+        return f"Error: this prompt is too large to send ({size:,} bytes); split it into smaller pieces"
     return None
 
 

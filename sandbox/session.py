@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from sandbox.bridge import WorkerDied, WorkerProcess
 from sandbox.interface import CallHandler, ExecResult, SandboxLimits, SandboxUnavailableError
+from sandbox.transfer import Transfers
 
 RESTART_NOTE = ("[The sandbox worker died during this block: {cause}. A fresh worker with the same `context` "
                 "is ready, but every variable, function and import defined so far was lost: recompute "
@@ -23,6 +24,10 @@ class WorkerSource(Protocol):
         """A started worker waiting for a context."""
         ...
 
+    async def retire(self, worker: WorkerProcess) -> None:
+        """Kills and reaps a worker the session is done with."""
+        ...
+
     def replenish(self) -> None:
         """Called once a worker is loaded: a good moment to start replacing it in the background."""
         ...
@@ -36,10 +41,11 @@ class SandboxSession:
     """Created by SandboxPool.session(); blocks run one at a time, in order."""
 
     def __init__(self, context: str | list[dict[str, Any]], limits: SandboxLimits,
-                 source: WorkerSource) -> None:
+                 source: WorkerSource, transfers: Transfers) -> None:
         self._context = context  # a reference (not a copy) for loading replacement workers
         self._limits = limits
         self._source = source
+        self._transfers = transfers
         self._worker: WorkerProcess | None = None  # set by start(); killed ones stay until replaced
         self._coverage = 0.0
         self._reads: list[tuple[int, int]] = []  # what was read, carried over to replacement workers
@@ -57,7 +63,7 @@ class SandboxSession:
             if worker is None or fresh:
                 worker = await self._replace_worker()
             try:
-                done = await worker.execute(code, handler)
+                done = await worker.execute(code, handler, self._transfers)
             except WorkerDied as death:
                 await self._replace_worker()
                 return ExecResult(outcome="killed", output=RESTART_NOTE.format(cause=death.cause), final=None,
@@ -71,14 +77,17 @@ class SandboxSession:
                               duration_s=time.monotonic() - started, worker_restarted=fresh,
                               coverage=self._coverage)
 
-    async def resolve_variable(self, name: str) -> str | None:
+    async def resolve_variable(self, name: str) -> tuple[str | None, str | None]:
+        """str() of a variable for FINAL_VAR on its own line, as (value, None); (None, why) when it cannot
+        be the answer; (None, None) when there is no such variable."""
         async with self._lock:
             if self._worker is None or not self._worker.alive:
-                return None
+                return None, None
             try:
-                return await self._worker.read_variable(name)
-            except WorkerDied:
-                return None  # the next execute replaces the worker
+                found = await self._worker.read_variable(name)
+            except WorkerDied as death:
+                return None, f"the sandbox worker died: {death.cause}"  # the next execute replaces it
+            return found.value, found.problem
 
     @property
     def coverage(self) -> float:
@@ -96,12 +105,13 @@ class SandboxSession:
         self._closed = True
         self._source.forget(self)
         if self._worker is not None:
-            await self._worker.close()
+            await self._source.retire(self._worker)
 
     async def _replace_worker(self) -> WorkerProcess:
         """Reaps the current worker (killed or dead, if any) and loads the context into another."""
         if self._worker is not None:
-            await self._worker.close()
+            await self._source.retire(self._worker)
+            self._worker = None
         if self._closed:
             raise SandboxUnavailableError("the sandbox session is closed")
         try:
@@ -119,6 +129,7 @@ class SandboxSession:
         try:
             self._coverage = await worker.load(self._context, self._limits, self._reads)
         except BaseException:
-            await worker.close()
+            self._worker = None
+            await self._source.retire(worker)
             raise
         return worker

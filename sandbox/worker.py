@@ -1,9 +1,12 @@
 """The worker process: imports everything, isolates itself, loads one context, then runs blocks.
 
 Started by the parent as `python -I -c <boot> <dir holding the sandbox package>` with an empty environment.
-It talks to the parent over stdin (fd 0) and a copy of its original stdout; fd 1 is pointed at stderr so
-that nothing printed by accident can corrupt a frame. Its limits, once the context is loaded, are
-irreversible: address space, CPU per run and per block, no file writes, no new file descriptors.
+It talks to the parent over stdin (fd 0) and a copy of its original stdout; fd 1 is pointed at stderr,
+a pipe the parent drains and bounds, so that nothing printed by accident can corrupt a frame or reach the
+proxy's own output. Python-level writers (sys.stdout, sys.stderr, warnings, ignored exceptions) write
+nothing at all; only the interpreter's fatal-error report (faulthandler) reaches that pipe. Its limits,
+once the context is loaded, are irreversible: address space, CPU per run and per block, no file writes,
+no new file descriptors.
 """
 
 from __future__ import annotations
@@ -12,20 +15,26 @@ import codecs
 import contextlib
 import ctypes
 import datetime
+import encodings
+import faulthandler
+import io
 import json
 import math
 import os
+import re
 import signal
+import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
 from sandbox.coverage import track_context
-from sandbox.framing import MAX_FRAME_BYTES, BlockingChannel, FrameError
+from sandbox.framing import BlockingChannel
 from sandbox.limits import BlockTimer, address_space_bytes, apply_process_limits, cpu_seconds
+from sandbox.policy import guard_stdlib_formatting
 from sandbox.protocol import ProtocolError
 from sandbox.repl import Repl
 
@@ -35,11 +44,12 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 NOBODY = 65534
 WORKER_NICENESS = 5
-MAX_TEXT_CHARS = MAX_FRAME_BYTES // 4  # UTF-8 takes at most 4 bytes a character
 MIB = 2**20
 CONTEXT_HEADROOM = 2  # the address space allows this many more copies of the context (lower(), split(), ...)
 CODECS = ("ascii", "latin-1", "utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "cp1252",
-          "cp437", "unicode_escape", "raw_unicode_escape", "idna", "punycode")
+          "cp1250", "cp1251", "cp437", "iso8859-2", "iso8859-15", "koi8-r", "mac-roman", "unicode_escape",
+          "raw_unicode_escape", "idna", "punycode", "hex", "base64", "rot13")
+HOST_PATH_MARK = "<python>"
 
 
 def main() -> None:
@@ -52,18 +62,31 @@ def main() -> None:
     warnings.simplefilter("ignore")  # user code's SyntaxWarnings must not reach the server's log
     protocol_fd = os.dup(1)
     os.dup2(2, 1)
+    # A crash's report (with the block's line) goes to fd 2, which the parent reads; nothing else does.
+    faulthandler.enable(all_threads=False)
+    sys.stdout = sys.stderr = _Sink()
     channel = BlockingChannel(0, protocol_fd)
     _warm_lazy_imports()
+    guard_stdlib_formatting()
+    redact = _host_path_redactor()
     _isolate(libc, parent)
     os.environ.clear()
     try:
         channel.send({"op": "ready"})
-        _serve(channel, keep_fds=protocol_fd + 1)
+        _serve(channel, keep_fds=protocol_fd + 1, redact=redact)
     except (EOFError, BrokenPipeError):
         pass  # the parent is gone or closed the session
 
 
-def _serve(channel: BlockingChannel, keep_fds: int) -> None:
+class _Sink(io.TextIOBase):
+    """sys.stdout and sys.stderr: host code that prints on the sandbox's behalf (re.DEBUG's dump, a
+    warning) writes nowhere."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+def _serve(channel: BlockingChannel, keep_fds: int, redact: Callable[[str], str]) -> None:
     load = channel.receive()
     if load.get("op") != "load":
         raise ProtocolError("expected a load message")
@@ -78,28 +101,32 @@ def _serve(channel: BlockingChannel, keep_fds: int) -> None:
     memory = address_space_bytes() + limits["memory_mb"] * MIB + CONTEXT_HEADROOM * received
     apply_process_limits(memory, cpu_limit_s, keep_fds)
 
-    def exchange(request: dict[str, Any], texts: Sequence[str]) -> dict[str, Any]:
-        # FrameError (too large) must come before anything is written, or the parent would wait forever.
-        if any(len(text) > MAX_TEXT_CHARS for text in texts):
-            raise FrameError(f"a prompt is over {MAX_TEXT_CHARS:,} characters")
+    def exchange(request: dict[str, Any], texts: Sequence[str | bytes]) -> dict[str, Any]:
         with timer.host_busy():
             channel.send(request)
-            for text in texts:  # encoded one at a time: never a second copy of the whole batch
-                channel.send_raw(text.encode("utf-8", "surrogatepass"))
-            answer = channel.receive()
-        if answer.get("op") != "answer":
+            while (message := channel.receive()).get("op") == "send":
+                for index in message["take"]:  # encoded one at a time: never a second copy of the batch
+                    text = texts[index]
+                    channel.send_raw(text if isinstance(text, bytes) else text.encode("utf-8"))
+        if message.get("op") != "answer":
             raise ProtocolError("expected an answer")
-        return answer
+        return message
 
-    repl = Repl(tracked, coverage, limits["max_output_chars"], exchange, timer)
+    repl = Repl(tracked, coverage, limits["max_output_chars"], exchange, timer, redact)
     del tracked
+    sys.unraisablehook = repl.note_ignored_exception
     channel.send({"op": "loaded", "coverage": coverage.fraction()})
     while True:
         message = channel.receive()
         if message.get("op") == "exec":
-            channel.send(repl.run(message["code"]))
+            result = repl.run(message["code"])
+            try:
+                channel.send(result)
+            except (MemoryError, ValueError, TypeError) as failed:  # e.g. no memory left to encode it
+                del result
+                channel.send(repl.failed_result(failed))
         elif message.get("op") == "var":
-            channel.send({"op": "var", "value": repl.variable(message["name"])})
+            channel.send(repl.variable(message["name"]))
         else:
             raise ProtocolError(f"unexpected message {message.get('op')!r}")
 
@@ -130,6 +157,31 @@ def _warm_lazy_imports() -> None:
     time.localtime()  # reads the local timezone once
     for name in CODECS:
         codecs.lookup(name)
+    # Any other codec would be imported on first use, which fails once no file can be opened, with an
+    # OSError naming the installation's directory: it is an unknown encoding instead.
+    codecs.unregister(encodings.search_function)
+    codecs.register(_warmed_codecs_only)
+
+
+def _warmed_codecs_only(name: str) -> codecs.CodecInfo | None:
+    try:
+        return encodings.search_function(name)
+    except OSError:
+        return None
+
+
+def _host_path_redactor() -> Callable[[str], str]:
+    """Replaces the paths of the Python installation and of this package in text shown to the model (a
+    codec lookup or an import error can name them) with a neutral mark."""
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, package_dir,
+             os.path.dirname(sys.executable), *sys.path}
+    paths |= {os.path.realpath(path) for path in paths if path}
+    # Two components at least: "/usr" alone is too common in documents to be worth redacting.
+    candidates = {path.rstrip("/") for path in paths if path.startswith("/") and path.count("/") >= 2}
+    alternatives = "|".join(re.escape(path) for path in sorted(candidates, key=len, reverse=True))
+    pattern = re.compile(f"(?:{alternatives})(?![\\w.-])")
+    return lambda text: pattern.sub(HOST_PATH_MARK, text) if "/" in text else text
 
 
 def _isolate(libc: ctypes.CDLL, parent: int) -> None:

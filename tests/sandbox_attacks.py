@@ -42,9 +42,43 @@ ATTACKS: dict[str, str] = {
     "format_through_super": (
         "class S(str):\n    pass\n"
         "bound = getattr(super(S, S('{0.__class__}')), 'format')\nprint('ESCAPED', bound(1))"),
-    "format_on_the_context": "print('ESCAPED', context.format_map({}))",
+    "format_on_the_context": "print('ESCAPED', (context + '{0.__class__}').format_map({'0': 1}))",
     "string_formatter": "import string\nprint('ESCAPED', string.Formatter().format('{0.__class__}', 1))",
-    "string_formatter_from_import": "from string import Formatter\nprint('ESCAPED', Formatter)",
+    "string_formatter_from_import": (
+        "from string import Formatter\nprint('ESCAPED', Formatter().vformat('{0.__globals__}', [len], {}))"),
+    "string_formatter_own_get_field": (
+        "import string\nclass F(string.Formatter):\n    def get_field(self, name, args, kwargs):\n"
+        "        return getattr(args[0], '__class__'), name\nprint('ESCAPED', F().format('{0}', 1))"),
+    "format_item_then_attribute": "print('ESCAPED', '{0[0].__class__}'.format([1]))",
+    "format_nested_spec_field": "print('ESCAPED', '{0:{1.__class__}}'.format(1, 2))",
+    "format_keyword_field": "print('ESCAPED', '{x.__class__.__bases__}'.format(x=1))",
+    "format_through_an_unbound_method": "f = str.format\nprint('ESCAPED', f('{0.__class__}', 1))",
+    # Everything else that reaches the formatting machinery (found in a second attack round)
+    "userstring_format": (
+        "import collections\n"
+        "print('ESCAPED', collections.UserString('{0.__class__.__base__.__subclasses__}').format(()))"),
+    "userstring_format_map": (
+        "import collections\nprint('ESCAPED', collections.UserString('{a.__class__}').format_map({'a': 1}))"),
+    "userstring_format_through_super": (
+        "import collections\nclass U(collections.UserString):\n    def format(self, *args):\n"
+        "        return 'mine'\nu = U('{0.__class__}')\nprint('ESCAPED', super(U, u).format(1))"),
+    "userstring_data_as_template": (
+        "import collections\nclass U(collections.UserString):\n    pass\nu = U('x')\n"
+        "u.data = '{0.__class__}'\nprint('ESCAPED', u.format(1))"),
+    "format_builtin_with_a_field_spec": "print('ESCAPED', format(1, '{0.__class__}'))",
+    "percent_with_a_mapping": (
+        "import collections\nprint('ESCAPED %(__class__)s' % collections.UserDict(a=1))"),
+    # super() resolving to a host class's unbound __init__ (re-initialising a module view or the context)
+    "super_init_of_a_module_view": (
+        "import re\nclass E(type(re)):\n    pass\n"
+        "getattr(super(E, E), '__init__')(re, 're', {'findall': 1})\nprint('ESCAPED', re.findall)"),
+    "super_init_written_out": (
+        "import re\nclass E(type(re)):\n    pass\nsuper(E, E).__init__(re, 're', {'x': 1})\n"
+        "print('ESCAPED', re.x)"),
+    "super_init_of_a_host_dict_type": (
+        "class E(dict):\n    pass\ntarget = {}\nsuper(E, E).__init__(target, a=1)\nprint('ESCAPED', target)"),
+    "super_init_on_the_context": (
+        "class E(type(context)):\n    pass\nsuper(E, E).__init__(context)\nprint('ESCAPED')"),
     # AttributeError.obj (CVE-2024-47532) and try/except* (CVE-2025-22153)
     "attribute_error_obj": "try:\n    (1).nope\nexcept AttributeError as e:\n    print('ESCAPED', e.obj)",
     "attribute_error_obj_computed": (

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from sandbox import SandboxLimits, SandboxPool
+from sandbox import PoolLimits, SandboxLimits, SandboxPool
 from tests.sandbox_attacks import ATTACKS, CANARY_VARIABLE, PROBE_PATH
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -25,6 +25,9 @@ INTEGRITY_CHECK = ("import re\nprint(re.findall('a', 'banana'), type(context) is
 
 
 class Handler:
+    def prompt_refusal(self, chars: int, model: str | None) -> str | None:
+        return None
+
     async def llm_query(self, prompts: list[str], model: str | None) -> list[str]:
         return ["sub-model answer"] * len(prompts)
 
@@ -35,7 +38,7 @@ class Handler:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def pool() -> AsyncIterator[SandboxPool]:
     os.environ[CANARY_VARIABLE] = CANARY  # in the parent's environment when the workers are spawned
-    pool = SandboxPool(SandboxLimits(cpu_s_per_block=5, wall_s_per_block=20), warm_workers=2)
+    pool = SandboxPool(SandboxLimits(cpu_s_per_block=5, wall_s_per_block=20), PoolLimits(warm_workers=2))
     try:
         await pool.start()
         yield pool

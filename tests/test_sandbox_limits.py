@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from sandbox import ExecResult, SandboxLimits, SandboxPool, SandboxSession
+from sandbox import ExecResult, PoolLimits, SandboxLimits, SandboxPool, SandboxSession
 from sandbox.bridge import WorkerDied, WorkerProcess
 from sandbox.protocol import ProtocolError, parse_worker_message
+from sandbox.transfer import ByteBudget, Transfers
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -35,16 +36,19 @@ PROBE_PATH = "/tmp/rlm-sandbox-limits-probe"
 PARENT_SCRIPT = f"""
 import asyncio, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
-from sandbox import SandboxLimits, SandboxPool
+from sandbox import PoolLimits, SandboxLimits, SandboxPool
 
 class Handler:
+    def prompt_refusal(self, chars, model):
+        return None
+
     async def llm_query(self, prompts, model):
         print(session.pid, flush=True)  # the worker is busy in a loop from now on
         return ["go"]
 
 async def main():
     global session
-    pool = SandboxPool(SandboxLimits(cpu_s_per_block=60), warm_workers=1)
+    pool = SandboxPool(SandboxLimits(cpu_s_per_block=60), PoolLimits(warm_workers=1))
     await pool.start()
     session = await pool.session("x")
     while pool.status()["warm"] < 1:
@@ -59,6 +63,9 @@ class Handler:
     def __init__(self, on_call: Callable[[], Awaitable[None]] | None = None) -> None:
         self.on_call = on_call
         self.cancelled = False
+
+    def prompt_refusal(self, chars: int, model: str | None) -> str | None:
+        return None
 
     async def llm_query(self, prompts: list[str], model: str | None) -> list[str]:
         try:
@@ -75,7 +82,7 @@ class Handler:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def pool() -> AsyncIterator[SandboxPool]:
-    pool = SandboxPool(LIMITS, warm_workers=2)
+    pool = SandboxPool(LIMITS, PoolLimits(warm_workers=2))
     await pool.start()
     yield pool
     await pool.aclose()
@@ -227,7 +234,8 @@ async def test_a_crashed_worker_is_replaced_with_the_same_context(session: Sandb
 
     result = await run(session, "llm_query('anything')\nprint('not reached')", Handler(crash))
     assert result.outcome == "killed" and result.worker_restarted and result.final is None
-    assert "it crashed (SIGSEGV)" in result.output and LOST_VARIABLES in result.output
+    assert "crashed the Python interpreter (SIGSEGV) at <block 2>, line 1" in result.output
+    assert LOST_VARIABLES in result.output
     assert result.coverage == pytest.approx(0.01)
     assert session.pid != crashed_pid and await gone({crashed_pid})
     after = await run(session, "part = context[1000:2000]\nprint(len(context))")
@@ -294,10 +302,10 @@ async def test_close_and_aclose_leave_no_processes(pool: SandboxPool) -> None:
     # Once the module's pool is done refilling, new child processes are this test's.
     assert await eventually(lambda: pool.status()["warm"] == 2, within_s=10)
     before = children_of(os.getpid())
-    own = SandboxPool(LIMITS, warm_workers=2)
+    own = SandboxPool(LIMITS, PoolLimits(warm_workers=2))
     assert own.status()["usable"] is False  # not started
     await own.start()
-    assert own.status() == {"usable": True, "warm": 2, "sessions": 0}
+    assert own.status() == {"usable": True, "warm": 2, "sessions": 0, "workers": 2, "max_workers": 32}
     first, second = await own.session("a"), await own.session(["b"])
     assert own.status()["sessions"] == 2
     await asyncio.sleep(0.5)  # let it refill
@@ -327,7 +335,7 @@ async def test_workers_die_with_their_parent() -> None:
 
 
 async def test_the_wall_clock_watchdog_kills_what_cpu_timers_miss() -> None:
-    pool = SandboxPool(SandboxLimits(cpu_s_per_block=30, wall_s_per_block=1), warm_workers=1)
+    pool = SandboxPool(SandboxLimits(cpu_s_per_block=30, wall_s_per_block=1), PoolLimits(warm_workers=1))
     await pool.start()
     try:
         session = await pool.session("x")
@@ -346,7 +354,7 @@ async def test_the_wall_clock_watchdog_kills_what_cpu_timers_miss() -> None:
 
 
 async def test_the_cpu_budget_of_a_run_is_enforced() -> None:
-    pool = SandboxPool(SandboxLimits(cpu_s_per_block=30, cpu_s_per_run=1), warm_workers=1)
+    pool = SandboxPool(SandboxLimits(cpu_s_per_block=30, cpu_s_per_run=1), PoolLimits(warm_workers=1))
     await pool.start()
     try:
         session = await pool.session("x")
@@ -361,20 +369,28 @@ def frame(payload: bytes) -> bytes:
     return len(payload).to_bytes(4, "big") + payload
 
 
+LLM_OFFER = b'{"op": "llm", "model": null, "chars": [2], "sizes": [2]}'
+
+
 @pytest.mark.parametrize("frames", [
     frame(b"nope!"),
     # an llm request announcing one prompt, whose frame is not UTF-8
-    frame(b'{"op": "llm", "count": 1, "model": null}') + frame(b"\xff\xfe"),
-], ids=["not json", "prompt not utf-8"])
+    frame(LLM_OFFER) + frame(b"\xff\xfe"),
+    # ... whose frame is not the size announced
+    frame(LLM_OFFER) + frame(b"abc"),
+    # ... whose text has another length than the one announced
+    frame(LLM_OFFER) + frame("é".encode()),
+    # a message over the size any message may have, announced in its header
+    (64 * 2**20).to_bytes(4, "big"),
+], ids=["not json", "prompt not utf-8", "wrong frame size", "wrong length", "oversized message"])
 async def test_a_malformed_frame_gets_the_worker_killed(frames: bytes) -> None:
-    fake = await asyncio.create_subprocess_exec(
+    worker = await WorkerProcess.start([
         sys.executable, "-c", f"import sys, time; sys.stdout.buffer.write({frames!r}); "
-                              "sys.stdout.flush(); time.sleep(60)",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-    worker = WorkerProcess(fake)
+                              "sys.stdout.flush(); time.sleep(60)"])
     with pytest.raises(WorkerDied, match="malformed"):
-        await worker.execute("x = 1", Handler())
-    assert await fake.wait() == -signal.SIGKILL
+        await worker.execute("x = 1", Handler(), Transfers(LIMITS, ByteBudget(2**30)))
+    await worker.close()
+    assert worker._process.returncode == -signal.SIGKILL
 
 
 @pytest.mark.parametrize("message", [
@@ -385,14 +401,24 @@ async def test_a_malformed_frame_gets_the_worker_killed(frames: bytes) -> None:
     {"op": "result", "outcome": "ok", "output": "", "final": None, "coverage": 2, "reads": None},
     {"op": "result", "outcome": "ok", "output": "", "final": None, "coverage": 0, "reads": [[5, 1]]},
     {"op": "result", "outcome": "ok", "output": "", "final": None, "coverage": 0, "reads": None, "extra": 1},
-    {"op": "llm", "count": 0, "model": None},
-    {"op": "llm", "count": "2", "model": None},
-    {"op": "llm", "count": 5000, "model": None},
-    {"op": "llm", "count": True, "model": None},
-    {"op": "llm", "count": 1, "model": 7},
+    {"op": "result", "outcome": "ok", "output": "", "final": {"text": "x" * (2**22 + 1), "variable": None},
+     "coverage": 0, "reads": None},
+    {"op": "llm", "model": None, "chars": [], "sizes": []},
+    {"op": "llm", "model": None, "chars": ["2"], "sizes": [2]},
+    {"op": "llm", "model": None, "chars": [1] * 5000, "sizes": [1] * 5000},
+    {"op": "llm", "model": None, "chars": [True], "sizes": [1]},
+    {"op": "llm", "model": 7, "chars": [1], "sizes": [1]},
+    {"op": "llm", "model": None, "chars": [1, 2], "sizes": [1]},
+    {"op": "llm", "model": None, "chars": [2], "sizes": [1]},  # fewer bytes than characters
+    {"op": "llm", "model": None, "chars": [1], "sizes": [5]},  # more than 4 bytes a character
+    {"op": "llm", "model": None, "chars": [2**30], "sizes": [2**30]},  # over the frame limit
     {"op": "llm", "prompts": ["a"], "model": None},
-    {"op": "rlm", "prompt": None, "context": None},
-    {"op": "var", "value": 3},
+    {"op": "rlm", "prompt": "x", "context": None},
+    {"op": "rlm", "chars": 1, "sizes": [1]},
+    {"op": "rlm", "chars": 1, "sizes": [1, 0]},
+    {"op": "rlm", "chars": 1, "sizes": [1, 2**30]},
+    {"op": "var", "value": 3, "problem": None},
+    {"op": "var", "value": None},
     {"op": "shell", "command": "id"},
 ])
 async def test_messages_from_a_worker_are_validated_strictly(message: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from sandbox import ExecResult, FinalAnswer, SandboxLimits, SandboxPool, SandboxSession
+from sandbox import ExecResult, FinalAnswer, PoolLimits, SandboxLimits, SandboxPool, SandboxSession
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -28,6 +28,9 @@ class FakeHandler:
         self.calls: list[tuple[Any, ...]] = []
         self.fail = fail
 
+    def prompt_refusal(self, chars: int, model: str | None) -> str | None:
+        return None
+
     async def llm_query(self, prompts: list[str], model: str | None) -> list[str]:
         self.calls.append(("llm", prompts, model))
         if self.fail:
@@ -41,7 +44,8 @@ class FakeHandler:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def pool() -> AsyncIterator[SandboxPool]:
-    pool = SandboxPool(SandboxLimits(cpu_s_per_block=5, max_output_chars=MAX_OUTPUT), warm_workers=1)
+    pool = SandboxPool(SandboxLimits(cpu_s_per_block=5, max_output_chars=MAX_OUTPUT),
+                       PoolLimits(warm_workers=1))
     await pool.start()
     yield pool
     await pool.aclose()
@@ -323,9 +327,9 @@ async def test_final_records_str_of_the_value_and_the_last_call_wins(fresh: Sand
 async def test_final_var_answers_with_a_variable(fresh: SandboxSession) -> None:
     result = await run(fresh, "answer = {'k': [1, 2]}\nFINAL_VAR('answer')")
     assert result.final == FinalAnswer(text="{'k': [1, 2]}", variable="answer")
-    assert await fresh.resolve_variable("answer") == "{'k': [1, 2]}"
-    assert await fresh.resolve_variable("missing") is None
-    assert await fresh.resolve_variable("_print") is None
+    assert await fresh.resolve_variable("answer") == ("{'k': [1, 2]}", None)
+    assert await fresh.resolve_variable("missing") == (None, None)
+    assert await fresh.resolve_variable("_print") == (None, None)
 
 
 async def test_final_var_of_a_missing_variable_is_an_error_not_an_answer(fresh: SandboxSession) -> None:

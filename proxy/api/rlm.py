@@ -20,7 +20,7 @@ from proxy.config import RLMSettings
 from proxy.errors import ProxyError
 from proxy.metrics import Metrics
 from proxy.rlm.budget import RunLimits
-from proxy.rlm.engine import RunRequest
+from proxy.rlm.engine import FinalAnswerTimeout, RunRequest
 from proxy.rlm.events import (
     BlockExecuted,
     Event,
@@ -89,7 +89,9 @@ async def as_proxy_errors(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
             yield event
     except SandboxUnavailableError as error:
         raise ProxyError(503, f"RLM mode is unavailable: {error}", code="sandbox_unavailable",
-                         error_type="server_error") from error
+                         error_type="server_error", headers={"retry-after": "5"}) from error
+    except FinalAnswerTimeout as error:
+        raise ProxyError(504, str(error), code="upstream_timeout") from error
     finally:
         await events.aclose()  # type: ignore[attr-defined]
 

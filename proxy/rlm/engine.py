@@ -38,6 +38,14 @@ RESERVED_COMPLETION_TOKENS = 500
 ROOT_PARAMS = ("temperature", "top_p", "seed")
 
 
+class FinalAnswerTimeout(Exception):
+    """A limit stopped the run, and the root model did not give its final answer in time either."""
+
+    def __init__(self, limit: Limit, timeout_s: float) -> None:
+        super().__init__(f"The run stopped at its limit ({limit}), and the root model did not give a final "
+                         f"answer within {timeout_s:g} s after that (rlm.final_answer_timeout_s).")
+
+
 @dataclass(frozen=True)
 class ModelReply:
     text: str
@@ -152,8 +160,11 @@ class RLMEngine:
                 stopped = run.budget.exhausted or "max_iterations"
             except TimeoutError:
                 stopped = "timeout_s"
-            async with asyncio.timeout(self._settings.final_answer_timeout_s):
-                return await self._final_request(run, conversation, session, stopped), stopped
+            try:
+                async with asyncio.timeout(self._settings.final_answer_timeout_s):
+                    return await self._final_request(run, conversation, session, stopped), stopped
+            except TimeoutError:
+                raise FinalAnswerTimeout(stopped, self._settings.final_answer_timeout_s) from None
         finally:
             await session.close()
 
@@ -186,9 +197,9 @@ class RLMEngine:
                 if parsed.answered and answer is None:
                     notes.append(prompts.NOTE_CODE_BEFORE_ANSWER)
             elif parsed.final_variable is not None:
-                answer = await session.resolve_variable(parsed.final_variable)
+                answer, problem = await session.resolve_variable(parsed.final_variable)
                 if answer is None:
-                    notes.append(prompts.note_missing_variable(parsed.final_variable))
+                    notes.append(prompts.note_missing_variable(parsed.final_variable, problem))
             elif parsed.final_answer is not None:
                 answer = parsed.final_answer
             elif parsed.inline_final:
@@ -213,7 +224,7 @@ class RLMEngine:
         reply = await self._root_call(run, conversation.messages())
         parsed = parse_reply(reply)
         if parsed.final_variable is not None:
-            value = await session.resolve_variable(parsed.final_variable)
+            value, _ = await session.resolve_variable(parsed.final_variable)
             if value is not None:
                 return value
         if parsed.final_answer is not None:
@@ -263,22 +274,25 @@ class _SubcallHandler:
         self._run = run
         self._depth = depth
 
+    def prompt_refusal(self, chars: int, model: str | None) -> str | None:
+        """Why a prompt of `chars` characters for `model` cannot be sent ("Error: ..."), else None."""
+        if self._run.request.limits.max_subcalls == 0:
+            return "Error: sub-calls are disabled in this run; work with code alone."
+        target = model or self._run.request.sub_model
+        if (problem := self._caller.unknown_model(target)) is not None:
+            return f"Error: {problem}"
+        limit = self._caller.prompt_limit_chars(target)
+        if limit is not None and chars > limit:
+            return (f"Error: this prompt has {chars:,} characters, over the sub-model's limit of about "
+                    f"{limit:,} characters. Split it into smaller pieces.")
+        return None
+
     async def llm_query(self, prompts_: list[str], model: str | None) -> list[str]:
         run, caller = self._run, self._caller
-        if run.request.limits.max_subcalls == 0:
-            return ["Error: sub-calls are disabled in this run; work with code alone."] * len(prompts_)
         target = model or run.request.sub_model
-        if (problem := caller.unknown_model(target)) is not None:
-            return [f"Error: {problem}"] * len(prompts_)
-        limit = caller.prompt_limit_chars(target)
-        results = [""] * len(prompts_)  # every slot is set below: an error, a refusal or an answer
-        sendable = []
-        for index, prompt in enumerate(prompts_):
-            if limit is not None and len(prompt) > limit:
-                results[index] = (f"Error: this prompt has {len(prompt):,} characters, over the sub-model's "
-                                  f"limit of about {limit:,} characters. Split it into smaller pieces.")
-            else:
-                sendable.append(index)
+        # Every slot ends up holding a refusal or an answer.
+        results: list[str] = [self.prompt_refusal(len(prompt), model) or "" for prompt in prompts_]
+        sendable = [index for index, result in enumerate(results) if not result]
         # Every prompt of the batch is reserved at the largest one's estimate: simple, and never short.
         reserved_each = max((caller.estimate_cost_usd(target, len(prompts_[i]), RESERVED_COMPLETION_TOKENS)
                              for i in sendable), default=0.0)

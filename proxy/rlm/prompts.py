@@ -199,6 +199,8 @@ def note_other_languages(languages: list[str]) -> str:
             "Use ```repl.")
 
 
-def note_missing_variable(name: str) -> str:
+def note_missing_variable(name: str, problem: str | None = None) -> str:
+    if problem is not None:
+        return f"FINAL_VAR({name}) is not an answer: {problem}"
     return (f"FINAL_VAR({name}): there is no REPL variable named '{name}', so that is not an answer. "
             "Set the variable in code first, or answer with FINAL(...).")
