@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from typing import Any
 
 from sandbox.bridge import WorkerProcess
@@ -25,9 +26,11 @@ class SandboxPool:
         self._limits = limits
         self._shared = shared or PoolLimits()
         self._bytes = ByteBudget(self._shared.max_inflight_bytes)
-        self._slots = asyncio.Semaphore(self._shared.max_workers)  # one per live worker
-        self._live: set[WorkerProcess] = set()  # every worker holding a slot
+        self._slots = 0  # live workers and spawns under way: at most max_workers
+        self._live: set[WorkerProcess] = set()  # every started worker holding a slot
         self._warm: list[WorkerProcess] = []
+        # Sessions waiting for a worker, in arrival order: each gets a warm worker, or a slot to spawn in.
+        self._waiting: deque[asyncio.Future[WorkerProcess | None]] = deque()
         self._sessions: set[SandboxSession] = set()
         self._refill: asyncio.Task[None] | None = None
         self._started = False
@@ -37,8 +40,10 @@ class SandboxPool:
     async def start(self) -> None:
         """Spawns the warm workers and waits until they are ready."""
         self._started = True
-        wanted = self._shared.warm_workers - len(self._warm)
-        spawned = await asyncio.gather(*(self._spawn() for _ in range(wanted)), return_exceptions=True)
+        wanted = min(self._shared.warm_workers - len(self._warm), self._shared.max_workers - self._slots)
+        self._slots += wanted
+        spawned = await asyncio.gather(*(self._spawn_in_slot() for _ in range(wanted)),
+                                       return_exceptions=True)
         self._warm.extend(worker for worker in spawned if isinstance(worker, WorkerProcess))
         for failure in spawned:
             if isinstance(failure, BaseException):
@@ -60,7 +65,8 @@ class SandboxPool:
     def status(self) -> dict[str, Any]:
         usable = self._started and not self._closed and (bool(self._warm) or self._spawn_error is None)
         status: dict[str, Any] = {"usable": usable, "warm": len(self._warm), "sessions": len(self._sessions),
-                                  "workers": len(self._live), "max_workers": self._shared.max_workers}
+                                  "workers": len(self._live), "max_workers": self._shared.max_workers,
+                                  "waiting": len(self._waiting)}
         if self._spawn_error is not None:
             status["error"] = self._spawn_error
         return status
@@ -86,21 +92,34 @@ class SandboxPool:
             if worker.alive:
                 return worker
             await self.retire(worker)
+        if self._slots < self._shared.max_workers and not self._waiting:
+            self._slots += 1
+            return await self._spawn_in_slot()
+        granted: asyncio.Future[WorkerProcess | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(granted)
         try:
             async with asyncio.timeout(self._shared.worker_wait_s):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise SandboxUnavailableError(
-                f"all {self._shared.max_workers} sandbox workers are busy (waited "
-                f"{self._shared.worker_wait_s:g} s); try again later") from None
-        return await self._spawn_in_slot()
+                worker = await granted
+        except BaseException as error:
+            if granted.done() and not granted.cancelled():  # granted, but too late: pass it on
+                if (late := granted.result()) is not None:
+                    self._offer(late)
+                else:
+                    self._release_slot()
+            elif granted in self._waiting:
+                self._waiting.remove(granted)
+            if isinstance(error, TimeoutError):
+                raise SandboxUnavailableError(
+                    f"all {self._shared.max_workers} sandbox workers are busy (waited "
+                    f"{self._shared.worker_wait_s:g} s); try again later") from None
+            raise
+        return worker if worker is not None else await self._spawn_in_slot()
 
     async def retire(self, worker: WorkerProcess) -> None:
         await worker.close()
         if worker in self._live:  # once per worker, however often it is retired
             self._live.discard(worker)
-            self._slots.release()
-            self.replenish()
+            self._release_slot()
 
     def replenish(self) -> None:
         """Refills the warm workers in the background, one at a time (the machine may have few cores)."""
@@ -112,10 +131,32 @@ class SandboxPool:
 
     # Helpers
 
+    def _offer(self, worker: WorkerProcess) -> None:
+        """A ready worker goes to the first waiting session, else to the warm ones."""
+        if (waiter := self._next_waiter()) is not None:
+            waiter.set_result(worker)
+        else:
+            self._warm.append(worker)
+
+    def _release_slot(self) -> None:
+        """A slot is free: it goes to the first waiting session (which spawns in it), else to a refill."""
+        if (waiter := self._next_waiter()) is not None:
+            waiter.set_result(None)
+        else:
+            self._slots -= 1
+            self.replenish()
+
+    def _next_waiter(self) -> asyncio.Future[WorkerProcess | None] | None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():  # (one cancelled a moment ago is still queued until it cleans up)
+                return waiter
+        return None
+
     async def _refill_warm(self) -> None:
-        # Never waits for a slot: a session waiting for one comes first, and takes the next free slot.
-        while not self._closed and len(self._warm) < self._shared.warm_workers and not self._slots.locked():
-            await self._slots.acquire()
+        while (not self._closed and len(self._warm) < self._shared.warm_workers and not self._waiting
+               and self._slots < self._shared.max_workers):
+            self._slots += 1
             try:
                 worker = await self._spawn_in_slot()
             except SandboxUnavailableError:
@@ -124,18 +165,14 @@ class SandboxPool:
             if self._closed:
                 await self.retire(worker)
                 return
-            self._warm.append(worker)
-
-    async def _spawn(self) -> WorkerProcess:
-        await self._slots.acquire()
-        return await self._spawn_in_slot()
+            self._offer(worker)
 
     async def _spawn_in_slot(self) -> WorkerProcess:
-        """A new worker, in a slot the caller has acquired (and which is released if this fails)."""
+        """A new worker, in a slot counted for it (and given back if it fails to start)."""
         try:
             worker = await WorkerProcess.spawn()
         except BaseException as error:
-            self._slots.release()
+            self._release_slot()
             if isinstance(error, SandboxUnavailableError):
                 self._spawn_error = str(error)
             raise

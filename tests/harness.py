@@ -7,11 +7,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -47,10 +48,14 @@ class Server:
 
 def start_server(args: list[str], ready_path: str, log_path: Path, env: dict[str, str] | None = None,
                  timeout_s: float = 60.0) -> Server:
+    """The server's stdout and stderr go to a pipe, as under Docker or systemd (a regular file would let
+    RLIMIT_FSIZE stop writes that a pipe takes), copied into `log_path` by a thread."""
     port = free_port()
-    log_file = log_path.open("wb")
+    log_path.write_bytes(b"")
     process = subprocess.Popen([sys.executable, "-m", "proxy.cli", *args, "--port", str(port)],
-                               stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               env={**os.environ, **(env or {})})
+    threading.Thread(target=_copy, args=(process.stdout, log_path), daemon=True).start()
     server = Server(process, f"http://127.0.0.1:{port}", log_path)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -64,6 +69,12 @@ def start_server(args: list[str], ready_path: str, log_path: Path, env: dict[str
         time.sleep(0.05)
     server.stop()
     raise RuntimeError(f"server did not become ready:\n{server.log()}")
+
+
+def _copy(pipe: IO[bytes], path: Path) -> None:
+    with pipe, path.open("ab", buffering=0) as log:
+        while chunk := pipe.read1(2**16):
+            log.write(chunk)
 
 
 @dataclass
