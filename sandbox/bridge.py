@@ -265,9 +265,11 @@ class WorkerProcess:
         if refusal is not None:
             return refusal
         async with transfers.shared.hold(sum(request.sizes)):
-            await self._send({"op": "send", "take": [0, 1]})
-            prompt = await self._read_text(request.prompt_chars, request.sizes[0])
-            context = await self._read_json(request.sizes[1])
+            await self._send({"op": "send", "take": list(range(len(request.sizes)))})
+            prompt, *texts = [await self._read_text(chars, size)
+                              for chars, size in zip(request.chars, request.sizes, strict=True)]
+        context: Any = None if request.kind == "none" else texts[0] if request.kind == "text" else [
+            {"role": role, "content": content} for role, content in zip(texts[::2], texts[1::2], strict=True)]
         return await _ask_nested(handler, prompt, context)
 
     async def _read_text(self, chars: int, size: int) -> str:
@@ -279,13 +281,6 @@ class WorkerProcess:
         if len(text) != chars:
             raise self._kill_for("it sent a malformed message (a text's length is not the one announced)")
         return text
-
-    async def _read_json(self, size: int) -> Any:
-        frame = await self._within_wall_time(self._read_raw(size))
-        try:
-            return orjson.loads(frame)
-        except orjson.JSONDecodeError:
-            raise self._kill_for("it sent a malformed message (a nested run's context is not JSON)") from None
 
     # Helpers
 

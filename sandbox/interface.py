@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from sandbox.framing import MAX_FRAME_BYTES
 
 Outcome = Literal["ok", "error", "timeout", "killed"]
+NestedContext = str | list[dict[str, str]] | None
 MIB = 2**20
 
 # The modules code may import (as read-only views of their public functions, classes and constants).
@@ -64,8 +65,9 @@ class CallHandler(Protocol):
         """One answer per prompt, in order; never raises (failures are "Error: ..." strings)."""
         ...
 
-    async def rlm_query(self, prompt: str, context: Any) -> str:
-        """A nested run on `context` (plain JSON data); never raises."""
+    async def rlm_query(self, prompt: str, context: NestedContext) -> str:
+        """A nested run on `context`: none, a text, or a list of {"role", "content"} messages (the code's
+        other JSON data arrives as its JSON text); never raises."""
         ...
 
 

@@ -3,12 +3,14 @@
 Parent -> worker: load (then the raw context bytes), exec, var, send, answer.
 Worker -> parent: ready, loaded, llm, rlm, result, var, and raw frames when asked.
 
-A request for model calls (`llm`: prompts; `rlm`: a prompt and a nested run's context) announces the size
-of each text in characters and UTF-8 bytes, and nothing more. The parent decides from the sizes alone
-what it will take (the sub-model's window, its byte budgets), asks for those texts with `send` (in waves,
-when a batch is larger than it holds at once), reads exactly the announced sizes, and ends the exchange
-with `answer`, one result per text asked about. A worker can thus never make the parent read, let alone
-hold, more than the parent agreed to.
+A request for model calls (`llm`: prompts; `rlm`: a prompt and a nested run's context) announces the
+size of each text it would send, in characters and UTF-8 bytes, and nothing more. The parent decides from
+the sizes alone what it will take (the sub-model's window, its byte budgets), asks for those texts with
+`send` (in waves, when a batch is larger than it holds at once), reads exactly the announced sizes, and
+ends the exchange with `answer`, one result per prompt (one for a nested run). A worker can thus never make
+the parent read, let alone hold, more than the parent agreed to. Only texts cross: a nested run's context
+is a text, or a list of messages sent as role and content texts (anything else goes as its JSON text), so
+the parent never parses a structure whose size in memory its bytes do not bound.
 
 Everything a worker sends is untrusted: anything that is not exactly one of the expected messages, with
 the expected types and sizes, is a ProtocolError and the parent kills the worker.
@@ -24,6 +26,8 @@ from sandbox.framing import MAX_FRAME_BYTES
 from sandbox.interface import FinalAnswer
 
 MAX_BATCH_PROMPTS = 4096
+MAX_NESTED_MESSAGES = 4096  # a nested run's context as a list of messages
+NESTED_KINDS = ("none", "text", "messages")
 MAX_MODEL_NAME_CHARS = 256
 MAX_ANSWER_CHARS = 2**22  # FINAL's text: far more than a model's reply can carry, far less than a frame
 UTF8_MAX_BYTES_PER_CHAR = 4
@@ -57,11 +61,12 @@ class LlmRequest:
 
 @dataclass(frozen=True)
 class RlmRequest:
-    """A nested run on offer: its prompt (prompt_chars characters, sizes[0] bytes of UTF-8) and its
-    context (sizes[1] bytes of JSON)."""
+    """A nested run on offer, as texts (chars[i] characters, sizes[i] UTF-8 bytes): its prompt, then its
+    context: nothing ("none"), one text ("text"), or a role and a content text per message ("messages")."""
 
-    prompt_chars: int
-    sizes: tuple[int, int]
+    kind: str
+    chars: list[int]
+    sizes: list[int]
 
 
 @dataclass(frozen=True)
@@ -102,13 +107,20 @@ def parse_worker_message(message: dict[str, Any], max_output_chars: int) -> Work
             _check_text_size(count, size)
         return LlmRequest(model, chars, sizes)
     if op == "rlm":
-        _expect_keys(message, "op", "chars", "sizes")
-        chars, sizes = message["chars"], message["sizes"]
-        if not (isinstance(sizes, list) and len(sizes) == 2 and type(sizes[1]) is int
-                and 0 < sizes[1] <= MAX_FRAME_BYTES):
-            raise ProtocolError("rlm: sizes must be [prompt bytes, context bytes]")
-        _check_text_size(chars, sizes[0])
-        return RlmRequest(chars, (sizes[0], sizes[1]))
+        _expect_keys(message, "op", "kind", "chars", "sizes")
+        kind, chars, sizes = message["kind"], message["chars"], message["sizes"]
+        if kind not in NESTED_KINDS or not (isinstance(chars, list) and isinstance(sizes, list)
+                                            and len(chars) == len(sizes)):
+            raise ProtocolError("rlm: a kind of context, and chars and sizes of equal length")
+        count = len(chars)
+        if not (count == 1 if kind == "none" else count == 2 if kind == "text"
+                else count % 2 == 1 and 1 < count <= 1 + 2 * MAX_NESTED_MESSAGES):
+            raise ProtocolError("rlm: the number of texts does not fit the kind of context")
+        for count, size in zip(chars, sizes, strict=True):
+            _check_text_size(count, size)
+        if sum(sizes) > MAX_FRAME_BYTES:
+            raise ProtocolError("rlm: the texts exceed the frame limit together")
+        return RlmRequest(kind, chars, sizes)
     if op == "result":
         return _parse_result(message, max_output_chars)
     if op == "var":

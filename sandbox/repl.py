@@ -14,7 +14,13 @@ from sandbox.framing import MAX_FRAME_BYTES
 from sandbox.limits import BlockTimer, CpuTimeExceeded
 from sandbox.output import Output
 from sandbox.policy import Guards, ModuleView, PolicyError, SandboxType, compile_block
-from sandbox.protocol import MAX_ANSWER_CHARS, MAX_BATCH_PROMPTS, MAX_MODEL_NAME_CHARS, MAX_REPORTED_INTERVALS
+from sandbox.protocol import (
+    MAX_ANSWER_CHARS,
+    MAX_BATCH_PROMPTS,
+    MAX_MODEL_NAME_CHARS,
+    MAX_NESTED_MESSAGES,
+    MAX_REPORTED_INTERVALS,
+)
 
 # Offers texts to the parent with a request announcing their sizes, sends those the parent asks for, and
 # returns its answer (see sandbox/protocol.py).
@@ -140,15 +146,24 @@ class Repl:
         if problem is not None:
             return problem
         try:
-            data = orjson.dumps(self._json_data(context, 0))
+            data = self._json_data(context, 0)
         except (TypeError, ValueError) as error:
             return f"Error: rlm_query context must be JSON data (str, list, dict, numbers, None): {error}"
         self._coverage.note(prompt)
-        text = sendable(str.__str__(prompt))
-        size = _utf8_size(text)
-        if size + len(data) > MAX_FRAME_BYTES:
-            return f"Error: the prompt and context are too large to send ({size + len(data):,} bytes)"
-        return self._send({"op": "rlm", "chars": len(text), "sizes": [size, len(data)]}, [text, data])[0]
+        texts = [sendable(str.__str__(prompt))]
+        if data is None:
+            kind = "none"
+        elif _is_messages(data):
+            kind = "messages"
+            texts += [text for message in data for text in (message["role"], message["content"])]
+        else:
+            kind = "text"
+            texts.append(data if isinstance(data, str) else orjson.dumps(data).decode())
+        sizes = [_utf8_size(text) for text in texts]
+        if sum(sizes) > MAX_FRAME_BYTES:
+            return f"Error: the prompt and context are too large to send ({sum(sizes):,} bytes)"
+        return self._send({"op": "rlm", "kind": kind, "chars": [len(text) for text in texts],
+                           "sizes": sizes}, texts)[0]
 
     def final(self, answer: object) -> None:
         """Record `answer` (as str) as the final answer; the last call in a block wins."""
@@ -185,7 +200,7 @@ class Repl:
     def _send(self, request: dict[str, Any], texts: Sequence[str | bytes]) -> list[str]:
         answer = self._exchange(request, texts)
         results = answer.get("results")
-        expected = len(request["sizes"]) if request["op"] == "llm" else 1
+        expected = len(request["sizes"]) if request["op"] == "llm" else 1  # an rlm request: one answer
         if not (isinstance(results, list) and len(results) == expected
                 and all(isinstance(result, str) for result in results)):
             return ["Error: the sandbox received an invalid answer"] * expected
@@ -267,6 +282,14 @@ def sendable(text: str) -> str:
     except UnicodeEncodeError:
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return text
+
+
+def _is_messages(data: Any) -> bool:
+    """A list of chat messages: what a nested run takes as a conversation rather than as one text."""
+    return (isinstance(data, list) and 0 < len(data) <= MAX_NESTED_MESSAGES
+            and all(isinstance(message, dict) and set(message) == {"role", "content"}
+                    and isinstance(message["role"], str) and isinstance(message["content"], str)
+                    for message in data))
 
 
 def _utf8_size(text: str) -> int:

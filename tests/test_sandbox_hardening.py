@@ -123,7 +123,7 @@ async def test_a_nested_run_is_refused_by_size_before_its_context_is_read(sessio
     assert handler.batches == []
     assert "Error: this nested run's prompt and context is 1,200,01" in result.output
     small = await run(session, "print(rlm_query('q', {'k': [1, 'two']}))", handler)
-    assert small.output == "nested\n" and handler.batches == [["q", "{'k': [1, 'two']}"]]
+    assert small.output == "nested\n" and handler.batches == [["q", """'{"k":[1,"two"]}'"""]]
 
 
 async def test_lone_surrogates_cross_as_replacement_characters(session: SandboxSession) -> None:

@@ -464,17 +464,21 @@ async def test_handler_failures_become_error_strings(fresh: SandboxSession) -> N
     assert output.startswith("Error:")
 
 
-async def test_rlm_query_sends_plain_json_context(fresh: SandboxSession) -> None:
+async def test_rlm_query_sends_a_text_messages_or_json_text_as_context(fresh: SandboxSession) -> None:
     handler = FakeHandler()
     blocks = code("print(rlm_query('sub', {'docs': [context[:3], 1, None]}))",
+                  "print(rlm_query('sub', [{'role': 'user', 'content': context[:2]}]))",
+                  "print(rlm_query('sub', context[:4]))", "print(rlm_query('sub'))",
                   "print(rlm_query('sub', object()))", "print(rlm_query('sub', 10**30))")
     output = await output_of(fresh, blocks, handler)
     lines = output.splitlines()
-    assert lines[0] == "<rlm sub on {'docs': ['aaa', 1, None]}>"
-    assert lines[1].startswith("Error: rlm_query context must be JSON data")
-    assert lines[2].startswith("Error: rlm_query context must be JSON data")
-    assert handler.calls == [("rlm", "sub", {"docs": ["aaa", 1, None]})]
-    assert type(handler.calls[0][2]["docs"][0]) is str
+    assert lines[0] == """<rlm sub on '{"docs":["aaa",1,null]}'>"""
+    assert lines[1] == "<rlm sub on [{'role': 'user', 'content': 'aa'}]>"
+    assert lines[2:4] == ["<rlm sub on 'aaaa'>", "<rlm sub on None>"]
+    assert lines[4].startswith("Error: rlm_query context must be JSON data")
+    assert lines[5].startswith("Error: rlm_query context must be JSON data")
+    assert [call[2] for call in handler.calls] == [
+        '{"docs":["aaa",1,null]}', [{"role": "user", "content": "aa"}], "aaaa", None]
 
 
 async def test_blocks_of_one_session_run_in_order(fresh: SandboxSession) -> None:

@@ -30,7 +30,7 @@ from proxy.rlm.events import (
     SubcallsFinished,
 )
 from proxy.rlm.parsing import answer_without_protocol, parse_reply
-from sandbox import SandboxPool, SandboxSession
+from sandbox import NestedContext, SandboxPool, SandboxSession
 
 # Completion tokens assumed when reserving budget for a sub-call whose answer is not known yet.
 RESERVED_COMPLETION_TOKENS = 500
@@ -252,14 +252,13 @@ class RLMEngine:
         run.budget.settle(reserved_usd, 0.0 if reply.cached else reply.cost_usd)
         return reply.text
 
-    async def nested_run(self, run: _Run, prompt: str, context: Any, depth: int) -> str:
+    async def nested_run(self, run: _Run, prompt: str, context: NestedContext, depth: int) -> str:
         if context is None:
             run_input = prompts.RunInput(prompt, prompt, None)
-        elif isinstance(context, list) and all(isinstance(m, dict) for m in context):
+        elif isinstance(context, list):
             run_input = prompts.build_input([*context, {"role": "user", "content": prompt}])
         else:
-            text = context if isinstance(context, str) else json.dumps(context, default=str)
-            run_input = prompts.RunInput(text, prompt, None)
+            run_input = prompts.RunInput(context, prompt, None)
         run.stats.max_depth = max(run.stats.max_depth, depth)
         answer, _ = await self._solve(run, run_input, depth, deadline=None)
         return answer
@@ -312,7 +311,7 @@ class _SubcallHandler:
                                       duration_s=time.monotonic() - started))
         return results
 
-    async def rlm_query(self, prompt: str, context: Any) -> str:
+    async def rlm_query(self, prompt: str, context: NestedContext) -> str:
         run = self._run
         if self._depth >= run.request.limits.max_depth:
             # At the depth limit a nested run is a plain sub-call, as the protocol promises.
@@ -324,8 +323,8 @@ class _SubcallHandler:
             return f"Error: the nested run failed: {error}"
 
 
-def _as_text(context: Any) -> str:
-    return context if isinstance(context, str) else json.dumps(context, default=str)
+def _as_text(context: NestedContext) -> str:
+    return context if isinstance(context, str) else json.dumps(context)
 
 
 class _Conversation:
