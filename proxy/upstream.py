@@ -1,4 +1,5 @@
-"""Calls to model providers: litellm for any provider, a direct HTTP fast path for OpenAI-compatible ones.
+"""Calls to model providers: litellm for any provider, a direct HTTP fast path (aiohttp) for OpenAI-compatible
+ones.
 
 Both backends raise `UpstreamError`; `Upstream` adds bounded retries with backoff on top of either.
 """
