@@ -1,4 +1,5 @@
-"""Calls to model providers: litellm for any provider, a direct HTTP fast path for OpenAI-compatible ones.
+"""Calls to model providers: litellm for any provider, a direct HTTP fast path (aiohttp) for OpenAI-compatible
+ones.
 
 Both backends raise `UpstreamError`; `Upstream` adds bounded retries with backoff on top of either.
 """
@@ -8,12 +9,16 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager, contextmanager
 from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
+import aiohttp
 import httpx
 import orjson
+from aiohttp.http_exceptions import LineTooLong
 
 from proxy.config import UpstreamSettings
 from proxy.errors import ProxyError
@@ -26,6 +31,11 @@ T = TypeVar("T")
 OPENAI_DEFAULT_BASE = "https://api.openai.com/v1"
 # litellm_params the fast path understands; a deployment with any other parameter goes through litellm.
 _FAST_PATH_PARAMS = frozenset({"api_base", "api_key", "timeout", "organization"})
+# Idle connections are dropped after this long: just under the 5 s idle timeout of uvicorn (vLLM, the mock and
+# many other servers), so that a server seldom closes a connection while it is being reused.
+KEEPALIVE_S = 4.0
+# One SSE line (one chunk) longer than this is a malformed answer, not a reason to buffer without bound.
+MAX_STREAM_LINE_BYTES = 16 * 1024 * 1024
 
 
 class UpstreamError(ProxyError):
@@ -91,17 +101,115 @@ class Backend(Protocol):
     def stream(self, deployment: Deployment, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]: ...
 
 
+class HttpResponse(Protocol):
+    """What the fast path reads of an upstream answer, whichever HTTP client produced it."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...  # case-insensitive
+
+    async def read(self) -> bytes: ...
+
+    def lines(self) -> AsyncIterator[bytes]: ...
+
+
+class HttpClient(Protocol):
+    """Sends one POST. Transport failures surface as 502/504 `UpstreamError`s, also while the body is read
+    inside the context; leaving it frees the connection (kept when the body was read whole, else closed)."""
+
+    def post(self, url: str, payload: bytes, headers: dict[str, str], timeout_s: float
+             ) -> AbstractAsyncContextManager[HttpResponse]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class AiohttpResponse:
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    @property
+    def status(self) -> int:
+        return self._response.status
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._response.headers
+
+    async def read(self) -> bytes:
+        return await self._response.read()
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        try:
+            while line := await self._response.content.readuntil(b"\n", max_size=MAX_STREAM_LINE_BYTES):
+                yield line
+        except LineTooLong:
+            raise malformed_error(f"a stream line is longer than {MAX_STREAM_LINE_BYTES} bytes") from None
+
+
+class AiohttpClient:
+    """The fast path's connection pool. aiohttp takes a connection from its pool and returns it in O(1);
+    httpcore's pool (httpx) walks every connection, polling each idle socket, at the start and the end of
+    every request, which stalled the event loop once hundreds of connections were open (bench.upstream_pool).
+    """
+
+    def __init__(self, max_connections: int) -> None:
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[tuple[str, str], str | None] = {}
+
+    def _live_session(self) -> aiohttp.ClientSession:
+        # Made on first use: a session belongs to the running event loop, and the app is built before it runs.
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=KEEPALIVE_S)
+            # Calls for every tenant share the pool, so they must not share cookies. No trust_env: it costs
+            # two thread hops per request (netrc, proxy lookup); _proxy_for reads the proxy once per origin.
+            self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+        return self._session
+
+    def _proxy_for(self, url: str) -> str | None:
+        """The proxy that HTTP(S)_PROXY and NO_PROXY name for this URL (httpx honoured them too)."""
+        parts = urlsplit(url)
+        origin = (parts.scheme, parts.netloc)
+        if origin not in self._proxies:
+            bypass = proxy_bypass(parts.hostname or "")
+            self._proxies[origin] = None if bypass else getproxies().get(parts.scheme)
+        return self._proxies[origin]
+
+    @asynccontextmanager
+    async def post(self, url: str, payload: bytes, headers: dict[str, str], timeout_s: float
+                   ) -> AsyncIterator[HttpResponse]:
+        # connect covers waiting for a pooled connection too; sock_read bounds each wait for bytes, so a
+        # stream that keeps sending may last longer than timeout_s, as with httpx's read timeout.
+        timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s)
+        session, proxy = self._live_session(), self._proxy_for(url)
+        try:
+            async with session.post(url, data=payload, headers=headers, timeout=timeout, proxy=proxy,
+                                    allow_redirects=False) as response:
+                yield AiohttpResponse(response)
+        except TimeoutError as exc:  # aiohttp's timeouts subclass it (and some subclass ClientError too)
+            raise timeout_error(timeout_s) from exc
+        except aiohttp.ClientError as exc:
+            raise connection_error(type(exc).__name__) from exc
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
 class OpenAICompatBackend:
     """POSTs the client's body, model renamed, straight to an OpenAI-compatible endpoint."""
 
-    def __init__(self, http: httpx.AsyncClient, settings: UpstreamSettings) -> None:
+    def __init__(self, http: HttpClient, settings: UpstreamSettings) -> None:
         self._http = http
         self._settings = settings
         # The same variables the openai SDK and litellm read, so a config-less proxy behaves like them.
         self._default_base = (os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
                               or OPENAI_DEFAULT_BASE)
 
-    def _request(self, deployment: Deployment, body: dict[str, Any], stream: bool) -> httpx.Request:
+    def _post(self, deployment: Deployment, body: dict[str, Any], stream: bool
+              ) -> AbstractAsyncContextManager[HttpResponse]:
         params = deployment.params
         base = str(params.get("api_base") or self._default_base).rstrip("/")
         payload = {**body, "model": deployment.provider_model}
@@ -115,17 +223,15 @@ class OpenAICompatBackend:
         if params.get("organization"):
             headers["openai-organization"] = str(params["organization"])
         timeout = float(params.get("timeout") or self._settings.timeout_s)
-        return self._http.build_request("POST", f"{base}/chat/completions", content=orjson.dumps(payload),
-                                        headers=headers, timeout=timeout)
+        return self._http.post(f"{base}/chat/completions", orjson.dumps(payload), headers, timeout)
 
     async def complete(self, deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
-        request = self._request(deployment, body, stream=False)
-        with _translate_transport_errors(request):
-            response = await self._http.send(request)
-        if response.status_code != 200:
-            raise _error_from_response(response.status_code, response.content, response.headers)
+        async with self._post(deployment, body, stream=False) as response:
+            content = await response.read()
+        if response.status != 200:
+            raise _error_from_response(response.status, content, response.headers)
         try:
-            data = orjson.loads(response.content)
+            data = orjson.loads(content)
         except orjson.JSONDecodeError:
             raise malformed_error("body is not JSON") from None
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
@@ -133,26 +239,21 @@ class OpenAICompatBackend:
         return data
 
     async def stream(self, deployment: Deployment, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        request = self._request(deployment, body, stream=True)
-        with _translate_transport_errors(request):
-            response = await self._http.send(request, stream=True)
-            try:
-                if response.status_code != 200:
-                    await response.aread()
-                    raise _error_from_response(response.status_code, response.content, response.headers)
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
+        async with self._post(deployment, body, stream=True) as response:
+            if response.status != 200:
+                raise _error_from_response(response.status, await response.read(), response.headers)
+            async with aclosing(response.lines()) as lines:
+                async for line in lines:
+                    if not line.startswith(b"data:"):
                         continue
                     data = line[5:].strip()
-                    if data == "[DONE]":
+                    if data == b"[DONE]":
                         return
                     yield _parse_chunk(data)
-                raise malformed_error("the stream ended without [DONE]")
-            finally:
-                await response.aclose()
+            raise malformed_error("the stream ended without [DONE]")
 
 
-def _parse_chunk(data: str) -> dict[str, Any]:
+def _parse_chunk(data: bytes) -> dict[str, Any]:
     try:
         chunk = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -165,7 +266,7 @@ def _parse_chunk(data: str) -> dict[str, Any]:
     return chunk
 
 
-def _error_from_response(status: int, content: bytes, headers: httpx.Headers) -> UpstreamError:
+def _error_from_response(status: int, content: bytes, headers: Mapping[str, str]) -> UpstreamError:
     message, code, param = f"HTTP {status}", None, None
     try:
         error = orjson.loads(content).get("error")
@@ -176,17 +277,6 @@ def _error_from_response(status: int, content: bytes, headers: httpx.Headers) ->
         code = error.get("code") if isinstance(error.get("code"), str) else None
         param = error.get("param") if isinstance(error.get("param"), str) else None
     return error_from_status(status, message, code, param, headers.get("retry-after"))
-
-
-@contextmanager
-def _translate_transport_errors(request: httpx.Request) -> Iterator[None]:
-    """httpx transport failures become 502/504 `UpstreamError`s."""
-    try:
-        yield
-    except httpx.TimeoutException as exc:
-        raise timeout_error(request.extensions.get("timeout", {}).get("read") or 0) from exc
-    except httpx.TransportError as exc:
-        raise connection_error(type(exc).__name__) from exc
 
 
 class LiteLLMBackend:
@@ -249,12 +339,10 @@ class Upstream:
     """The single entry point for model calls, with retries; picks the backend per deployment."""
 
     def __init__(self, settings: UpstreamSettings, observer: UpstreamObserver,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 http: HttpClient | None = None) -> None:
         self._settings = settings
         self._observer = observer
-        limits = httpx.Limits(max_connections=settings.max_connections,
-                              max_keepalive_connections=settings.max_connections)
-        self._http = httpx.AsyncClient(limits=limits, timeout=settings.timeout_s, transport=transport)
+        self._http = http or AiohttpClient(settings.max_connections)
         self._fast = OpenAICompatBackend(self._http, settings)
         self._litellm: LiteLLMBackend | None = None
 
