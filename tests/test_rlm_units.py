@@ -289,7 +289,7 @@ def test_cache_control_directives(header: str | None, read: bool, write: bool) -
 
 
 async def test_memory_store_is_a_bounded_lru_with_expiry() -> None:
-    store = MemoryStore(max_entries=2)
+    store = MemoryStore(max_bytes=1 << 20, max_entries=2)
     await store.set("a", b"1", ttl_s=60)
     await store.set("b", b"2", ttl_s=60)
     assert await store.get("a") == b"1"  # now "b" is the least recently used
