@@ -1,6 +1,6 @@
 """Giving memory back to the system after bursts.
 
-Measured with bench/load.py: after 50 concurrent 1 MB RLM runs the proxy kept 130-190 MiB more than
+Measured with bench/load.py: after 50 concurrent 1 MB RLM runs the proxy kept 130-150 MiB more than
 before, and little of it was live data:
 - glibc raises its mmap threshold to the size of any mmapped block that is freed (up to 32 MiB), so once
   the first request body is freed, later bodies, decoded prompts and sub-call prompts come from the heap,
