@@ -43,7 +43,9 @@ NEEDLE_KEY, NEEDLE_VALUE = "bench-key", "8675309"
 NO_CACHE = {"cache-control": "no-cache, no-store"}  # a cached replay would not call the model at all
 
 
-def start_stack(procs: list[subprocess.Popen[bytes]], tmp: Path, latency_ms: float) -> str:
+def start_stack(procs: list[subprocess.Popen[bytes]], tmp: Path, latency_ms: float,
+                env: dict[str, str] | None = None) -> str:
+    """The mock at `latency_ms` and the proxy in front of it (`env` for the proxy); the proxy's URL."""
     cli = [sys.executable, "-m", "proxy.cli"]
     port = free_port()
     mock = start(procs, [*cli, "mock-upstream", "--port", str(port), "--latency-ms", str(latency_ms),
@@ -59,7 +61,7 @@ def start_stack(procs: list[subprocess.Popen[bytes]], tmp: Path, latency_ms: flo
         "upstream": {"timeout_s": 120}}))
     port = free_port()
     serve = [*cli, "serve", "--config", str(config), "--port", str(port), "--log-level", "warning"]
-    return start(procs, serve, port, "/readyz", tmp / f"proxy-{latency_ms}.log")
+    return start(procs, serve, port, "/readyz", tmp / f"proxy-{latency_ms}.log", env=env)
 
 
 def rlm_request(proxy: str, prompt: str) -> tuple[float, dict[str, Any]]:
@@ -122,7 +124,7 @@ async def sandbox_figures(blocks: int) -> list[list[str]]:
             row("run start, 100 MB context (p50 of 3)", started, 0.5, "ms", 1e3)]
 
 
-def _status_kb(pid: int, field: str) -> int:
+def status_kb(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
@@ -133,9 +135,9 @@ def peak_memory(proxy: str, pid: int) -> list[str]:
     prompt = needle_prompt(40 * MB, NEEDLE_KEY, NEEDLE_VALUE)
     rlm_request(proxy, needle_prompt(MB, NEEDLE_KEY, NEEDLE_VALUE))  # allocator and caches warm
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
-    before = _status_kb(pid, "VmRSS")
+    before = status_kb(pid, "VmRSS")
     rlm_request(proxy, prompt)
-    growth = (_status_kb(pid, "VmHWM") - before) * 1024
+    growth = (status_kb(pid, "VmHWM") - before) * 1024
     return row(f"proxy peak RSS growth, {len(prompt) / MB:.0f} MB prompt in RLM mode (idle RSS "
                f"{before // 1024} MB); bound 4x the prompt", growth, 4 * len(prompt), "MB", 1 / MB)
 

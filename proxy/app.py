@@ -19,6 +19,7 @@ from proxy.auth import KeyChecker
 from proxy.cache import Cache
 from proxy.config import Settings, load_settings
 from proxy.errors import ProxyError, invalid_request
+from proxy.memory import IdleMemoryMiddleware, MemoryReleaser, load_glibc
 from proxy.metrics import Metrics, UpstreamMetrics
 from proxy.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestContextMiddleware
 from proxy.model_caller import UpstreamCaller
@@ -40,11 +41,13 @@ def create_app(settings: Settings) -> FastAPI:
     sandbox = SandboxPool(_sandbox_limits(settings), _pool_limits(settings))
     cache = Cache(settings.cache, lambda result: metrics.cache.labels(result).inc()) \
         if settings.cache.enabled else None
+    releaser = MemoryReleaser(load_glibc(), settings.server.release_memory_idle_s) \
+        if settings.server.release_memory else None
     services = Services(
         settings=settings,
         registry=registry,
         upstream=upstream,
-        keys=KeyChecker(_configured_keys(settings)),
+        keys=KeyChecker(settings.server),
         facts=facts,
         router=ModeRouter(settings.rlm, facts),
         sandbox=sandbox,
@@ -55,10 +58,14 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if releaser is not None:
+            releaser.start()
         # Serving starts at once (/livez answers); /readyz waits for the warm-up.
-        warm_up = asyncio.create_task(_warm_up(services))
+        warm_up = asyncio.create_task(_warm_up(services, releaser))
         yield
         warm_up.cancel()
+        if releaser is not None:
+            await releaser.aclose()
         await services.sandbox.aclose()
         await services.upstream.aclose()
         if services.cache is not None:
@@ -81,11 +88,13 @@ def create_app(settings: Settings) -> FastAPI:
                            allow_headers=["*"], expose_headers=["x-request-id", "x-rlm-mode"])
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.server.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if releaser is not None:
+        app.add_middleware(IdleMemoryMiddleware, releaser=releaser)
     app.add_middleware(RequestContextMiddleware)
     return app
 
 
-async def _warm_up(services: Services) -> None:
+async def _warm_up(services: Services, releaser: MemoryReleaser | None) -> None:
     try:
         await services.sandbox.start()
         # litellm's import takes seconds: on the first request it would stall every other one.
@@ -95,6 +104,8 @@ async def _warm_up(services: Services) -> None:
         log.exception("start-up warm-up failed")
         services.warm_up_error = f"{type(error).__name__}: {error}"
         return
+    if releaser is not None:
+        releaser.started_up()
     services.ready = True
 
 
@@ -115,13 +126,6 @@ def _pool_limits(settings: Settings) -> PoolLimits:
 def create_app_from_env() -> FastAPI:
     """Entry point for `uvicorn --factory` (multi-worker serving reads the config path from the env)."""
     return create_app(load_settings())
-
-
-def _configured_keys(settings: Settings) -> list[str]:
-    keys = [key.get_secret_value() for key in settings.server.api_keys]
-    if settings.server.master_key is not None:
-        keys.append(settings.server.master_key.get_secret_value())
-    return keys
 
 
 async def _proxy_error(request: Request, exc: Exception) -> Response:

@@ -1,33 +1,68 @@
-"""Bearer-key checks for the /v1 routes."""
+"""Bearer-key checks for the /v1 routes, and who the caller is."""
 
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 
+from proxy.config import CacheScope, ServerSettings, key_hash
 from proxy.errors import ProxyError
+
+ALIAS_HASH_CHARS = 8  # a key without an alias is named by the start of its hash
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The caller, as far as a key tells: never the key itself, only its hash."""
+
+    key_hash: str  # SHA-256 hex of the key; empty for the anonymous caller (no keys configured)
+    alias: str
+    team: str | None = None
+
+    def cache_scope(self, scope: CacheScope) -> str:
+        """Whose cached calls this caller may reuse. A key without a team is a team of its own."""
+        if scope == "global":
+            return ""
+        if scope == "team" and self.team is not None:
+            return f"team:{self.team}"
+        return f"key:{self.key_hash}"
+
+
+ANONYMOUS = Identity(key_hash="", alias="anonymous")
 
 
 class KeyChecker:
-    """Accepts the master key and the extra API keys; with none configured every request passes."""
+    """Accepts the master key, `api_keys` and `keys`; with none configured everyone is ANONYMOUS."""
 
-    def __init__(self, keys: list[str]) -> None:
-        self._keys = [key.encode() for key in keys if key]
+    def __init__(self, settings: ServerSettings) -> None:
+        identities = [_identity(key_hash(key.get_secret_value()))
+                      for key in settings.api_keys if key.get_secret_value()]
+        identities += [_identity(entry.hash, entry.alias, entry.team) for entry in settings.keys]
+        if settings.master_key is not None and settings.master_key.get_secret_value():
+            identities.append(_identity(key_hash(settings.master_key.get_secret_value()), "master"))
+        self._identities = [(bytes.fromhex(identity.key_hash), identity) for identity in identities]
 
     @property
     def enabled(self) -> bool:
-        return bool(self._keys)
+        return bool(self._identities)
 
-    def check(self, authorization: str | None) -> None:
-        if not self._keys:
-            return
+    def check(self, authorization: str | None) -> Identity:
+        if not self._identities:
+            return ANONYMOUS
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise ProxyError(401, "Missing API key: send 'Authorization: Bearer <key>'.",
                              code="missing_api_key")
-        candidate = token.strip().encode()
+        candidate = bytes.fromhex(key_hash(token.strip()))
         # Compare against every key so that timing does not reveal which one nearly matched.
-        matched = False
-        for key in self._keys:
-            matched |= hmac.compare_digest(candidate, key)
-        if not matched:
+        found = ANONYMOUS
+        for digest, identity in self._identities:
+            if hmac.compare_digest(candidate, digest):
+                found = identity
+        if found is ANONYMOUS:
             raise ProxyError(401, "Incorrect API key provided.", code="invalid_api_key")
+        return found
+
+
+def _identity(digest: str, alias: str | None = None, team: str | None = None) -> Identity:
+    return Identity(digest, alias or digest[:ALIAS_HASH_CHARS], team)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +21,12 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_REFERENCE_PREFIX = "os.environ/"
+CacheScope = Literal["key", "team", "global"]
+
+
+def key_hash(key: str) -> str:
+    """How keys are known once read: their SHA-256, hex."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 class ConfigError(Exception):
@@ -54,13 +61,52 @@ class ModelEntry(_Section):
         return params
 
 
+class KeyEntry(_Section):
+    """A client key: the key itself or its SHA-256 (hex), so that the config need not hold the secret."""
+
+    key: SecretStr | None = None
+    key_hash: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    alias: str | None = Field(default=None, min_length=1, max_length=64)
+    team: str | None = Field(default=None, min_length=1, max_length=128)
+
+    @model_validator(mode="after")
+    def _one_of_key_and_hash(self) -> KeyEntry:
+        if (self.key is None) == (self.key_hash is None):
+            raise ValueError("give exactly one of key and key_hash")
+        if self.key is not None and not self.key.get_secret_value():
+            raise ValueError("key must not be empty")
+        return self
+
+    @property
+    def hash(self) -> str:
+        return key_hash(self.key.get_secret_value()) if self.key is not None else str(self.key_hash).lower()
+
+
 class ServerSettings(_Section):
     master_key: SecretStr | None = None
     api_keys: list[SecretStr] = []
+    keys: list[KeyEntry] = []
     max_body_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     cors_origins: list[str] = []
     health_routes: bool = True
     metrics_route: bool = True
+    # glibc only: big buffers are mmapped (freed at once) and free heap pages go back once idle.
+    release_memory: bool = True
+    release_memory_idle_s: float = Field(default=1.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _keys_are_distinct(self) -> ServerSettings:
+        plain = {f"api_keys[{i}]": key for i, key in enumerate(self.api_keys)}
+        plain["master_key"] = self.master_key
+        hashes = {where: key_hash(key.get_secret_value()) for where, key in plain.items()
+                  if key is not None and key.get_secret_value()}
+        hashes |= {f"keys[{i}]": entry.hash for i, entry in enumerate(self.keys)}
+        first: dict[str, str] = {}
+        for where, digest in hashes.items():
+            if digest in first:
+                raise ValueError(f"{where} is the same key as {first[digest]}")
+            first[digest] = where
+        return self
 
 
 class UpstreamSettings(_Section):
@@ -80,6 +126,9 @@ class CacheSettings(_Section):
     redis_cluster: bool = False
     ttl_s: int = Field(default=86_400, ge=1)
     max_entries: int = Field(default=10_000, ge=1, description="in-process LRU size")
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024, description="in-process LRU size")
+    # Who shares cached calls: each key alone (safe), a team's keys, or everyone.
+    scope: CacheScope = "key"
     redis_timeout_s: float = Field(default=0.5, gt=0)
     redis_retry_s: float = Field(default=2.0, ge=0, description="pause after a Redis failure")
     enabled: bool = True

@@ -36,7 +36,7 @@ class UpstreamCaller:
         async def produce() -> bytes:
             return orjson.dumps(asdict(await self._call(model, messages, params)))
 
-        key = cache_key(CACHE_NAMESPACE, model, messages, params)
+        key = cache_key(CACHE_NAMESPACE, model, messages, params, cache.scope)
         value, hit = await self._cache.fetch(key, cache, produce)
         return replace(ModelReply(**orjson.loads(value)), cached=hit)
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness import MOCK_WINDOW_TOKENS, Mock, Server, StartProxy, proxy_config, start_server
+from tests.harness import MOCK_WINDOW_TOKENS, Mock, Redis, Server, StartProxy, proxy_config, start_server
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +18,15 @@ def mock_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mock]:
                           "/v1/models", log)
     yield Mock(server)
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
+    """A real redis-server for one test module (a module may kill and restart it)."""
+    server = Redis(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.kill()
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -18,20 +17,13 @@ RLM_ON = {"x-rlm-mode": "on"}
 
 
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
-    server = Redis(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture(scope="module")
 def cached_proxy(mock_upstream: Mock, start_proxy: StartProxy, redis_server: Redis) -> Server:
     return start_proxy(rlm_config(mock_upstream, cache={"redis_url": redis_server.url, "redis_retry_s": 0.2}))
 
 
-def run(proxy: Server, prompt: str, headers: dict[str, str] | None = None) -> tuple[str, dict[str, Any]]:
-    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key=MASTER_KEY, max_retries=0, timeout=120)
+def run(proxy: Server, prompt: str, headers: dict[str, str] | None = None,
+        api_key: str = MASTER_KEY) -> tuple[str, dict[str, Any]]:
+    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key=api_key, max_retries=0, timeout=120)
     completion = client.chat.completions.create(model="mock", messages=[{"role": "user", "content": prompt}],
                                                 extra_headers={**RLM_ON, **(headers or {})})
     return completion.choices[0].message.content or "", completion.model_extra["rlm"]

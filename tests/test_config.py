@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,8 @@ import pytest
 import yaml
 
 from proxy.config import ConfigError, load_settings
+
+SK_A_HASH = hashlib.sha256(b"sk-a").hexdigest()
 
 
 def write(tmp_path: Path, data: object) -> Path:
@@ -72,6 +75,16 @@ def test_litellm_proxy_config_loads_unchanged(tmp_path: Path) -> None:
     ({"rlm": {"max_iterations": 0}}, {}, "rlm.max_iterations"),
     ({"sandbox": {"memory_mb": "lots"}}, {}, "sandbox.memory_mb"),
     ({"cache": {"ttl_s": 0}}, {}, "cache.ttl_s"),
+    ({"cache": {"scope": "tenant"}}, {}, "cache.scope"),
+    ({"cache": {"max_bytes": 1000}}, {}, "cache.max_bytes"),
+    ({"server": {"release_memory_idle_s": 0}}, {}, "server.release_memory_idle_s"),
+    ({"server": {"keys": [{"alias": "no key"}]}}, {}, "server.keys.0"),
+    ({"server": {"keys": [{"key": "sk-a", "key_hash": SK_A_HASH}]}}, {}, "exactly one of key and key_hash"),
+    ({"server": {"keys": [{"key_hash": "not-hex"}]}}, {}, "server.keys.0.key_hash"),
+    ({"server": {"keys": [{"key": "sk-a"}, {"key_hash": SK_A_HASH.upper()}]}}, {},
+     "keys[1] is the same key as keys[0]"),
+    ({"server": {"master_key": "sk-a", "api_keys": ["sk-a"]}}, {},
+     "master_key is the same key as api_keys[0]"),
 ])
 def test_bad_config_names_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: object,
                                       environ: dict[str, str], names: str) -> None:

@@ -226,14 +226,15 @@ def test_rlm_options_are_clamped_to_the_server_caps() -> None:
                                              "max_cost_usd": 5, "timeout_s": 10, "sub_model": "small"}))
     assert "rlm" not in chat.body  # the proxy's own field is never sent upstream
     settings = RLMSettings(max_iterations=20, max_depth=3, max_cost_usd=1.0, timeout_s=600)
-    run = run_request(chat, "m", settings)
+    run = run_request(chat, "m", settings, CachePolicy())
     assert run.limits == RunLimits(max_iterations=20, max_depth=2, max_subcalls=0, max_cost_usd=1.0,
                                    timeout_s=10)
     assert (run.root_model, run.sub_model) == ("m", "small")
 
 
 def test_root_and_sub_models_from_config() -> None:
-    run = run_request(parse_chat_request(chat_body()), "m", RLMSettings(root_model="big", sub_model="small"))
+    run = run_request(parse_chat_request(chat_body()), "m", RLMSettings(root_model="big", sub_model="small"),
+                      CachePolicy())
     assert (run.root_model, run.sub_model) == ("big", "small")
     assert run.limits.max_cost_usd is None
 
@@ -288,7 +289,7 @@ def test_cache_control_directives(header: str | None, read: bool, write: bool) -
 
 
 async def test_memory_store_is_a_bounded_lru_with_expiry() -> None:
-    store = MemoryStore(max_entries=2)
+    store = MemoryStore(max_bytes=1 << 20, max_entries=2)
     await store.set("a", b"1", ttl_s=60)
     await store.set("b", b"2", ttl_s=60)
     assert await store.get("a") == b"1"  # now "b" is the least recently used

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +11,8 @@ import pytest
 
 from proxy.api.chat import _relay
 from proxy.api.request import parse_chat_request
-from proxy.auth import KeyChecker
+from proxy.auth import ANONYMOUS, Identity, KeyChecker
+from proxy.config import ServerSettings
 from proxy.errors import ProxyError
 from proxy.model_facts import ModelFacts, import_litellm
 from proxy.registry import Deployment
@@ -55,15 +57,31 @@ def test_retry_after_is_forwarded_and_parsed() -> None:
     assert error_from_status(429, "slow down", retry_after="soon").headers["retry-after"] == "1"
 
 
-def test_key_checker() -> None:
-    KeyChecker([]).check(None)
-    checker = KeyChecker(["sk-a", "sk-b"])
-    checker.check("Bearer sk-b")
-    checker.check("bearer  sk-a ")
-    for header in (None, "", "Bearer", "Basic sk-a", "Bearer sk-c"):
+def test_key_checker_tells_who_the_caller_is() -> None:
+    assert KeyChecker(ServerSettings()).check(None) == ANONYMOUS
+    hashed = hashlib.sha256(b"sk-c").hexdigest()
+    checker = KeyChecker(ServerSettings.model_validate({
+        "master_key": "sk-master", "api_keys": ["sk-a"],
+        "keys": [{"key": "sk-b", "alias": "bee", "team": "t"}, {"key_hash": hashed.upper(), "team": "t"}]}))
+    assert checker.check("bearer  sk-a ") == Identity(hashlib.sha256(b"sk-a").hexdigest(),
+                                                      hashlib.sha256(b"sk-a").hexdigest()[:8])
+    assert checker.check("Bearer sk-b") == Identity(hashlib.sha256(b"sk-b").hexdigest(), "bee", "t")
+    assert checker.check("Bearer sk-c") == Identity(hashed, hashed[:8], "t")
+    assert checker.check("Bearer sk-master").alias == "master"
+    for header in (None, "", "Bearer", "Basic sk-a", "Bearer sk-d", f"Bearer {hashed}"):
         with pytest.raises(ProxyError) as info:
             checker.check(header)
         assert info.value.status == 401
+
+
+def test_cache_scopes() -> None:
+    member, loner = Identity("ab" * 32, "m", "team-1"), Identity("cd" * 32, "l")
+    assert member.cache_scope("key") == "key:" + "ab" * 32
+    assert member.cache_scope("team") == "team:team-1"
+    assert loner.cache_scope("team") == loner.cache_scope("key")  # no team: a team of its own
+    assert member.cache_scope("global") == loner.cache_scope("global") == ""
+    # A team named like a key hash still cannot reach that key's entries.
+    assert Identity("ef" * 32, "x", "ab" * 32).cache_scope("team") != member.cache_scope("key")
 
 
 async def _relayed(chunks: list[dict[str, Any]], include_usage: bool) -> list[Any]:

@@ -9,7 +9,7 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from proxy.api.deps import Services, ServicesDep, require_api_key
+from proxy.api.deps import IdentityDep, Services, ServicesDep, require_api_key
 from proxy.api.request import ChatRequest, parse_chat_request
 from proxy.api.rlm import run_request, serve_rlm
 from proxy.api.streaming import DONE, SSEResponse, guard_stream, read_body, sse_data, until_disconnect
@@ -25,7 +25,7 @@ _DIRECT = {"x-rlm-mode": "direct"}
 
 @router.post("/v1/chat/completions")
 @router.post("/chat/completions", include_in_schema=False)
-async def chat_completions(request: Request, services: ServicesDep) -> Response:
+async def chat_completions(request: Request, services: ServicesDep, identity: IdentityDep) -> Response:
     chat = parse_chat_request(await read_body(request))
     model, _ = split_model(chat.model)
     deployment = services.registry.resolve(model)
@@ -33,8 +33,9 @@ async def chat_completions(request: Request, services: ServicesDep) -> Response:
                                             deployment)
     _note_route(request, services, decision.mode, decision.model)
     if decision.mode == "rlm":
-        run = run_request(chat, decision.model, services.settings.rlm,
-                          CachePolicy.from_header(request.headers.get("cache-control")))
+        cache = CachePolicy.from_header(request.headers.get("cache-control"),
+                                        identity.cache_scope(services.settings.cache.scope))
+        run = run_request(chat, decision.model, services.settings.rlm, cache)
         # A bad sub-model would turn every sub-call into an error string: refuse the request instead.
         services.registry.resolve(run.sub_model, param="rlm.sub_model")
         return await serve_rlm(request, services, chat, run)

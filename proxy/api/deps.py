@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from proxy.auth import KeyChecker
+from proxy.auth import Identity, KeyChecker
 from proxy.cache import Cache
 from proxy.config import Settings
 from proxy.metrics import Metrics
@@ -35,13 +35,16 @@ class Services:
     warm_up_error: str | None = None
 
 
-def get_services(request: Request) -> Services:
+# Both async: FastAPI runs a plain def dependency in a worker thread, which costs more than the work, and
+# under a burst it starts one thread per concurrent request (each keeping a stack and a malloc arena).
+async def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
-async def require_api_key(request: Request) -> None:
-    # async: FastAPI runs a plain def dependency in a thread pool, which costs more than the check.
-    get_services(request).keys.check(request.headers.get("authorization"))
+async def require_api_key(request: Request) -> Identity:
+    return (await get_services(request)).keys.check(request.headers.get("authorization"))
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+# The caller; FastAPI runs the check once per request, however many times it is declared.
+IdentityDep = Annotated[Identity, Depends(require_api_key)]

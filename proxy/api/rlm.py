@@ -35,9 +35,8 @@ HEARTBEAT = b": keepalive\n\n"
 ANSWER_DELTA_CHARS = 2000
 
 
-def run_request(chat: ChatRequest, model: str, settings: RLMSettings,
-                cache: CachePolicy | None = None) -> RunRequest:
-    """The run a request asks for, its limits clamped to the server's caps."""
+def run_request(chat: ChatRequest, model: str, settings: RLMSettings, cache: CachePolicy) -> RunRequest:
+    """The run a request asks for, its limits clamped to the server's caps, its cache scoped to the caller."""
     options = chat.rlm
     caps = [c for c in (options.max_cost_usd, settings.max_cost_usd) if c is not None]
     limits = RunLimits(
@@ -50,7 +49,7 @@ def run_request(chat: ChatRequest, model: str, settings: RLMSettings,
     )
     return RunRequest(messages=chat.messages, root_model=settings.root_model or model,
                       sub_model=options.sub_model or settings.sub_model or model, limits=limits,
-                      root_params=chat.body, cache=cache or CachePolicy())
+                      root_params=chat.body, cache=cache)
 
 
 async def serve_rlm(request: Request, services: Services, chat: ChatRequest, run: RunRequest) -> Response:
