@@ -41,21 +41,22 @@ MAX_ENTRY_SHARE = 1 / 16  # larger entries are not kept in process
 
 @dataclass(frozen=True)
 class CachePolicy:
-    """A run's use of the cache. From the client's Cache-Control: `no-cache` skips reads, `no-store` skips
-    writes. `scope` says whose entries the run shares (auth.Identity.cache_scope); "" is everyone's."""
+    """A run's use of the cache. `scope` says whose entries the run shares (auth.Identity.cache_scope; ""
+    is everyone's): required, so that no route can share a tenant's entries by forgetting it. From the
+    client's Cache-Control: `no-cache` skips reads, `no-store` skips writes."""
 
+    scope: str
     read: bool = True
     write: bool = True
-    scope: str = ""
 
     @classmethod
-    def from_header(cls, value: str | None, scope: str = "") -> CachePolicy:
+    def from_header(cls, value: str | None, scope: str) -> CachePolicy:
         directives = {part.strip().lower() for part in (value or "").split(",")}
         return cls(read="no-cache" not in directives, write="no-store" not in directives, scope=scope)
 
 
 def cache_key(namespace: str, model: str, messages: list[dict[str, Any]], params: dict[str, Any],
-              scope: str = "") -> str:
+              scope: str) -> str:
     request: dict[str, Any] = {"model": model, "messages": messages,
                                "params": {k: params[k] for k in OUTPUT_PARAMS if k in params}}
     if scope:  # the global scope keeps the keys it had before scopes existed

@@ -226,7 +226,7 @@ def test_rlm_options_are_clamped_to_the_server_caps() -> None:
                                              "max_cost_usd": 5, "timeout_s": 10, "sub_model": "small"}))
     assert "rlm" not in chat.body  # the proxy's own field is never sent upstream
     settings = RLMSettings(max_iterations=20, max_depth=3, max_cost_usd=1.0, timeout_s=600)
-    run = run_request(chat, "m", settings, CachePolicy())
+    run = run_request(chat, "m", settings, CachePolicy(""))
     assert run.limits == RunLimits(max_iterations=20, max_depth=2, max_subcalls=0, max_cost_usd=1.0,
                                    timeout_s=10)
     assert (run.root_model, run.sub_model) == ("m", "small")
@@ -234,7 +234,7 @@ def test_rlm_options_are_clamped_to_the_server_caps() -> None:
 
 def test_root_and_sub_models_from_config() -> None:
     run = run_request(parse_chat_request(chat_body()), "m", RLMSettings(root_model="big", sub_model="small"),
-                      CachePolicy())
+                      CachePolicy(""))
     assert (run.root_model, run.sub_model) == ("big", "small")
     assert run.limits.max_cost_usd is None
 
@@ -273,11 +273,12 @@ async def test_an_unavailable_sandbox_is_a_503() -> None:
 
 def test_cache_keys_ignore_parameters_that_do_not_change_the_answer() -> None:
     messages = [{"role": "user", "content": "q"}]
-    key = cache_key("rlm", "m", messages, {"temperature": 0, "user": "alice"})
+    key = cache_key("rlm", "m", messages, {"temperature": 0, "user": "alice"}, "")
     assert key.startswith("rlm:v1:")
-    assert key == cache_key("rlm", "m", messages, {"user": "bob", "temperature": 0})
-    assert key != cache_key("rlm", "m", messages, {"temperature": 1})
-    assert key != cache_key("rlm", "other", messages, {"temperature": 0})
+    assert key == cache_key("rlm", "m", messages, {"user": "bob", "temperature": 0}, "")
+    assert key != cache_key("rlm", "m", messages, {"temperature": 1}, "")
+    assert key != cache_key("rlm", "other", messages, {"temperature": 0}, "")
+    assert key != cache_key("rlm", "m", messages, {"temperature": 0}, "key:abc")
 
 
 @pytest.mark.parametrize(("header", "read", "write"), [
@@ -285,7 +286,7 @@ def test_cache_keys_ignore_parameters_that_do_not_change_the_answer() -> None:
     ("No-Cache, no-store", False, False), ("max-age=0", True, True),
 ])
 def test_cache_control_directives(header: str | None, read: bool, write: bool) -> None:
-    assert CachePolicy.from_header(header) == CachePolicy(read=read, write=write)
+    assert CachePolicy.from_header(header, "") == CachePolicy("", read=read, write=write)
 
 
 async def test_memory_store_is_a_bounded_lru_with_expiry() -> None:
@@ -312,12 +313,12 @@ async def test_single_flight_makes_identical_concurrent_calls_once() -> None:
         await asyncio.sleep(0.05)
         return b"answer"
 
-    results = await asyncio.gather(*(cache.fetch("k", CachePolicy(), produce) for _ in range(5)))
+    results = await asyncio.gather(*(cache.fetch("k", CachePolicy(""), produce) for _ in range(5)))
     assert calls == 1
     assert [value for value, _ in results] == [b"answer"] * 5
     assert sorted(hit for _, hit in results) == [False, True, True, True, True]
-    assert await cache.fetch("k", CachePolicy(), produce) == (b"answer", True)
-    assert await cache.fetch("k", CachePolicy(read=False), produce) == (b"answer", False)
+    assert await cache.fetch("k", CachePolicy(""), produce) == (b"answer", True)
+    assert await cache.fetch("k", CachePolicy("", read=False), produce) == (b"answer", False)
     assert calls == 2
 
 
@@ -328,11 +329,11 @@ async def test_a_failed_call_is_not_cached_and_its_waiters_see_the_error() -> No
         await asyncio.sleep(0.01)
         raise RuntimeError("upstream down")
 
-    outcomes = await asyncio.gather(*(cache.fetch("k", CachePolicy(), fail) for _ in range(3)),
+    outcomes = await asyncio.gather(*(cache.fetch("k", CachePolicy(""), fail) for _ in range(3)),
                                     return_exceptions=True)
     assert all(isinstance(outcome, RuntimeError) for outcome in outcomes)
 
     async def succeed() -> bytes:
         return b"ok"
 
-    assert await cache.fetch("k", CachePolicy(), succeed) == (b"ok", False)
+    assert await cache.fetch("k", CachePolicy(""), succeed) == (b"ok", False)

@@ -74,8 +74,8 @@ class RunRequest:
     root_model: str
     sub_model: str
     limits: RunLimits
+    cache: CachePolicy
     root_params: dict[str, Any] = field(default_factory=dict)
-    cache: CachePolicy = field(default_factory=CachePolicy)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
