@@ -120,8 +120,8 @@ def rlm_config(mock: Mock, **overrides: Any) -> dict[str, Any]:
     return config
 
 
-def child_pids(pid: int) -> set[int]:
-    """Live (not zombie) processes whose parent is `pid`."""
+def child_pids(pid: int, zombies: bool = False) -> set[int]:
+    """Processes whose parent is `pid`: the live ones, or (zombies=True) the dead ones not yet reaped."""
     found = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -131,7 +131,7 @@ def child_pids(pid: int) -> set[int]:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
+        if int(fields[1]) == pid and (fields[0] == "Z") == zombies:
             found.add(int(entry.name))
     return found
 

@@ -55,19 +55,6 @@ def peak_rss_mb(pid: int) -> float:
     raise AssertionError("no VmHWM")
 
 
-def zombies(pid: int) -> set[int]:
-    zombie_children = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] == "Z":
-                zombie_children.add(int(entry.name))
-    return zombie_children
-
-
 @pytest.fixture
 def written_since(proxy: Server) -> Callable[[], str]:
     """What the proxy has written to its stdout/stderr since the test began."""
@@ -138,7 +125,7 @@ def test_crashes_become_notes_and_leave_nothing_half_dead(proxy: Server) -> None
     assert "FINAL: the answer has 120,000,000 characters, more than the 4,194,304" in too_long
     assert httpx.get(proxy.url + "/livez").status_code == 200
     time.sleep(0.5)
-    assert zombies(proxy.process.pid) == set()
+    assert child_pids(proxy.process.pid, zombies=True) == set()
 
 
 def test_error_text_shows_no_host_paths(proxy: Server) -> None:
