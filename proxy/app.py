@@ -19,6 +19,7 @@ from proxy.auth import KeyChecker
 from proxy.cache import Cache
 from proxy.config import Settings, load_settings
 from proxy.errors import ProxyError, invalid_request
+from proxy.http_server.head_limits import lifespan_state
 from proxy.metrics import Metrics, UpstreamMetrics
 from proxy.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestContextMiddleware
 from proxy.model_caller import UpstreamCaller
@@ -54,10 +55,10 @@ def create_app(settings: Settings) -> FastAPI:
     )
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, object]]:
         # Serving starts at once (/livez answers); /readyz waits for the warm-up.
         warm_up = asyncio.create_task(_warm_up(services))
-        yield
+        yield lifespan_state(settings.server)  # the HTTP protocol's head limits
         warm_up.cancel()
         await services.sandbox.aclose()
         await services.upstream.aclose()
