@@ -19,6 +19,7 @@ from proxy.auth import KeyChecker
 from proxy.cache import Cache
 from proxy.config import Settings, load_settings
 from proxy.errors import ProxyError, invalid_request
+from proxy.http_server.head_limits import lifespan_state
 from proxy.memory import IdleMemoryMiddleware, MemoryReleaser, load_glibc
 from proxy.metrics import Metrics, UpstreamMetrics
 from proxy.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestContextMiddleware
@@ -57,12 +58,12 @@ def create_app(settings: Settings) -> FastAPI:
     )
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, object]]:
         if releaser is not None:
             releaser.start()
         # Serving starts at once (/livez answers); /readyz waits for the warm-up.
         warm_up = asyncio.create_task(_warm_up(services, releaser))
-        yield
+        yield lifespan_state(settings.server)  # the HTTP protocol's head limits
         warm_up.cancel()
         if releaser is not None:
             await releaser.aclose()

@@ -12,6 +12,7 @@ import uvicorn
 
 from bench.paper import cli as bench_cli
 from proxy.config import ConfigError, load_settings
+from proxy.http_server import PROTOCOLS, protocol_path
 from proxy.metrics import MULTIPROC_ENV
 
 
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", help="YAML config file (default: $RLM_PROXY_CONFIG, else defaults)")
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--http", choices=["auto", *PROTOCOLS], default="auto",
+                       help="HTTP/1.1 implementation (auto: httptools when installed, else h11)")
 
     mock = commands.add_parser("mock-upstream", help="run the mock OpenAI-compatible model server")
     mock.add_argument("--host", default="127.0.0.1")
@@ -56,6 +59,11 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"rlm-proxy: {exc}", file=sys.stderr)
         return 2
+    try:
+        http = protocol_path(args.http)  # a path, so that worker processes import it themselves
+    except ModuleNotFoundError as exc:
+        print(f"rlm-proxy: {exc}", file=sys.stderr)
+        return 2
     if args.workers > 1:
         # Each worker writes its metric values to files here; a scrape of any worker sums them all.
         own_dir = not os.environ.get(MULTIPROC_ENV)
@@ -63,7 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
             os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="rlm-proxy-metrics-")
         try:
             uvicorn.run("proxy.app:create_app_from_env", factory=True, host=args.host, port=args.port,
-                        workers=args.workers, log_level=args.log_level, access_log=False)
+                        workers=args.workers, log_level=args.log_level, access_log=False, http=http)
         finally:
             if own_dir:
                 shutil.rmtree(os.environ[MULTIPROC_ENV], ignore_errors=True)
@@ -71,7 +79,7 @@ def _serve(args: argparse.Namespace) -> int:
         from proxy.app import create_app
 
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
-                    access_log=False)
+                    access_log=False, http=http)
     return 0
 
 

@@ -87,6 +87,11 @@ class ServerSettings(_Section):
     api_keys: list[SecretStr] = []
     keys: list[KeyEntry] = []
     max_body_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    # A request's head (request line and header fields) over either limit gets 431 from the HTTP server
+    # itself. 64 KiB holds the largest real headers (big cookies, JWTs) as AWS's load balancers do; 100
+    # fields is Apache's and gunicorn's limit.
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_header_count: int = Field(default=100, ge=10, le=10_000)
     cors_origins: list[str] = []
     health_routes: bool = True
     metrics_route: bool = True

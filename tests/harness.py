@@ -178,3 +178,8 @@ def scrape(server: Server) -> Samples:
     text = httpx.get(server.url + "/metrics", timeout=10).text
     return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
             for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def unexpected_output(server: Server) -> list[str]:
+    """The server's output lines other than uvicorn's own `INFO:` lines (tracebacks, warnings, errors)."""
+    return [line for line in server.log().splitlines() if not line.startswith("INFO:")]

@@ -7,6 +7,7 @@ checks the rest and its 400s are passed back.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -14,6 +15,13 @@ import orjson
 from proxy.errors import ProxyError, invalid_request
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_CONTAINERS = frozenset({dict, list})  # what orjson.loads makes of JSON objects and arrays
+
+# How deep a body may nest objects and arrays, the body itself being level 1. orjson parses 1024 levels
+# but serialises only 254, and the proxy serialises bodies again with wrappers around them (the fast
+# path, the cache key, the sandbox's context); litellm's path recurses in Python. 128 leaves ample room
+# for those while real requests (JSON schemas in `tools` and `response_format` included) stay far below.
+MAX_JSON_DEPTH = 128
 
 
 @dataclass(frozen=True)
@@ -47,7 +55,12 @@ class ChatRequest:
         return self.body["messages"]
 
 
-def parse_chat_request(raw: bytes | bytearray) -> ChatRequest:
+def parse_json_body(raw: bytes | bytearray) -> dict[str, Any]:
+    """A request body as a JSON object, refused with a 400 when it is not one or nests too deep.
+
+    Every route that reads a JSON body parses it here, so that no body can reach a serialiser that
+    would fail on it.
+    """
     if not raw or raw.isspace():  # (strip() would copy a body of many megabytes)
         raise invalid_request("The request body is empty; expected a JSON object.", code="invalid_json")
     try:
@@ -56,6 +69,31 @@ def parse_chat_request(raw: bytes | bytearray) -> ChatRequest:
         raise invalid_request(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_json")
+    for name, value in body.items():
+        if _nests_deeper_than(value, MAX_JSON_DEPTH - 1):
+            raise invalid_request(f"'{name}' nests objects and arrays too deep: a request body may have at "
+                                  f"most {MAX_JSON_DEPTH} levels, the body itself included.", param=name,
+                                  code="json_too_deep")
+    return body
+
+
+def _nests_deeper_than(value: Any, limit: int) -> bool:
+    """Whether `value` has more than `limit` levels of objects and arrays (a scalar has none).
+
+    Walks one level at a time and looks only at containers, never into strings: a prompt of 100 MB in
+    a few strings costs nothing, and the work is bounded by the number of values the parser made.
+    """
+    level = [value] if type(value) in _CONTAINERS else []
+    for _ in range(limit):
+        if not level:
+            return False
+        items = chain.from_iterable(item.values() if type(item) is dict else item for item in level)
+        level = [item for item in items if type(item) in _CONTAINERS]
+    return bool(level)
+
+
+def parse_chat_request(raw: bytes | bytearray) -> ChatRequest:
+    body = parse_json_body(raw)
     model = _required(body, "model", str, "a string")
     if not model:
         raise invalid_request("'model' must not be empty.", param="model", code="invalid_value")

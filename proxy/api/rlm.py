@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -17,7 +18,7 @@ from proxy.api.request import ChatRequest
 from proxy.api.streaming import DONE, SSEResponse, guard_stream, sse_data, until_disconnect
 from proxy.cache import CachePolicy
 from proxy.config import RLMSettings
-from proxy.errors import ProxyError
+from proxy.errors import ProxyError, invalid_request
 from proxy.metrics import Metrics
 from proxy.rlm.budget import RunLimits
 from proxy.rlm.engine import FinalAnswerTimeout, RunRequest
@@ -35,8 +36,56 @@ HEARTBEAT = b": keepalive\n\n"
 ANSWER_DELTA_CHARS = 2000
 
 
+@dataclass(frozen=True)
+class _Unsupported:
+    """A request parameter whose `refused` values an RLM answer cannot honour, and why."""
+
+    param: str
+    refused: Callable[[Any], bool]
+    why: str
+    code: str = "unsupported_value"
+
+
+def _forces_a_tool(choice: Any) -> bool:
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        allowed = choice.get("allowed_tools")
+        return not (isinstance(allowed, dict) and allowed.get("mode") == "auto")
+    return choice not in ("auto", "none")
+
+
+# An RLM answer is one text that the root model gives through FINAL(...): no second choice, no tool
+# call, no token log-probabilities, no guaranteed JSON, no audio. (README, "RLM mode": what is used,
+# ignored and refused.)
+_UNSUPPORTED = (
+    _Unsupported("n", lambda n: n != 1 or isinstance(n, bool), "it gives exactly one choice ('n' must be 1)"),
+    _Unsupported("tool_choice", _forces_a_tool, "it cannot call tools (only 'auto' and 'none' are possible)"),
+    _Unsupported("function_call", lambda call: call not in ("auto", "none"),
+                 "it cannot call functions (only 'auto' and 'none' are possible)"),
+    _Unsupported("logprobs", bool, "it has no token log-probabilities"),
+    _Unsupported("top_logprobs", bool, "it has no token log-probabilities", code="unsupported_parameter"),
+    _Unsupported("response_format", lambda spec: not isinstance(spec, dict) or spec.get("type") != "text",
+                 "it cannot guarantee JSON output (only type 'text' is possible)"),
+    _Unsupported("modalities", lambda kinds: "audio" in (kinds if isinstance(kinds, list) else [kinds]),
+                 "it answers in text only"),
+    _Unsupported("audio", lambda _: True, "it answers in text only", code="unsupported_parameter"),
+)
+
+
+def check_rlm_contract(body: Mapping[str, Any]) -> None:
+    """Refuse what RLM mode cannot honour, rather than answer without it (a Chat Completions body)."""
+    for rule in _UNSUPPORTED:
+        value = body.get(rule.param)
+        if value is not None and rule.refused(value):
+            raise invalid_request(
+                f"RLM mode cannot honour '{rule.param}' as given: {rule.why}. Remove it, or ask for direct "
+                f"mode (header 'x-rlm-mode: off', model name without 'rlm/').", param=rule.param,
+                code=rule.code)
+
+
 def run_request(chat: ChatRequest, model: str, settings: RLMSettings, cache: CachePolicy) -> RunRequest:
-    """The run a request asks for, its limits clamped to the server's caps, its cache scoped to the caller."""
+    """The run a request asks for, its limits clamped to the server's caps, its cache scoped to the caller;
+    what RLM mode cannot honour is refused."""
+    check_rlm_contract(chat.body)
     options = chat.rlm
     caps = [c for c in (options.max_cost_usd, settings.max_cost_usd) if c is not None]
     limits = RunLimits(
