@@ -26,8 +26,8 @@ WAIT_FOR_WARM_S = 30.0
 
 
 class InstantHandler:
-    def prompt_refusal(self, chars: int, model: str | None) -> str | None:
-        return None
+    def prompt_refusals(self, chars: list[int], model: str | None) -> list[str | None]:
+        return [None] * len(chars)
 
     async def llm_query(self, prompts: list[str], model: str | None) -> list[str]:
         return ["answer"] * len(prompts)

@@ -63,6 +63,7 @@ STDERR_TAIL_BYTES = 4096  # of a worker's stderr, only this much is kept (to exp
 LOGGED_TAIL_CHARS = 1000
 CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE}
 # faulthandler's report of where the interpreter crashed, most recent call first.
+SUBCALL_FAILED = "Error: the sub-model call failed inside the proxy"
 CRASH_FRAME = re.compile(r'File "(<block \d+>)", line (\d+)')
 
 
@@ -78,11 +79,9 @@ class StderrTail(asyncio.Protocol):
     """Reads a worker's stderr (its fds 1 and 2) as it comes, keeping only the last few kilobytes."""
 
     def __init__(self) -> None:
-        self.total = 0
         self._tail = bytearray()
 
     def data_received(self, data: bytes) -> None:
-        self.total += len(data)
         self._tail += data
         if len(self._tail) > STDERR_TAIL_BYTES:
             del self._tail[:-STDERR_TAIL_BYTES]
@@ -245,7 +244,7 @@ class WorkerProcess:
     async def _serve_llm(self, request: LlmRequest, handler: CallHandler, transfers: Transfers) -> list[str]:
         """Refusals decided from the announced sizes alone; the rest read wave by wave, each wave within
         the pool's shared budget and answered by the models before the next is read."""
-        results: list[str | None] = [_refusal(handler, chars, request.model) for chars in request.chars]
+        results = _refusals(handler, request.chars, request.model)
         for index, size in enumerate(request.sizes):
             if results[index] is None:
                 results[index] = transfers.take(size)
@@ -396,12 +395,15 @@ def _json_bytes(context: list[dict[str, Any]]) -> bytes:
         return json.dumps(context).encode()
 
 
-def _refusal(handler: CallHandler, chars: int, model: str | None) -> str | None:
+def _refusals(handler: CallHandler, chars: list[int], model: str | None) -> list[str | None]:
     try:
-        return handler.prompt_refusal(chars, model)
+        refusals = handler.prompt_refusals(chars, model)
+        if isinstance(refusals, list) and len(refusals) == len(chars):
+            return refusals
+        logger.error("the sandbox call handler returned %r for %d prompts", type(refusals), len(chars))
     except Exception:
-        logger.exception("the sandbox call handler raised from prompt_refusal")
-        return "Error: the sub-model call failed inside the proxy"
+        logger.exception("the sandbox call handler raised from prompt_refusals")
+    return [SUBCALL_FAILED] * len(chars)
 
 
 async def _ask_models(handler: CallHandler, prompts: list[str], model: str | None) -> list[str]:
@@ -410,7 +412,7 @@ async def _ask_models(handler: CallHandler, prompts: list[str], model: str | Non
         answers = await handler.llm_query(prompts, model)
     except Exception:
         logger.exception("the sandbox call handler raised from llm_query")
-        return ["Error: the sub-model call failed inside the proxy"] * count
+        return [SUBCALL_FAILED] * count
     if not (isinstance(answers, list) and len(answers) == count and all(isinstance(a, str) for a in answers)):
         logger.error("the sandbox call handler returned %r answers for %d prompts", type(answers), count)
         return ["Error: the sub-model call returned no usable answer"] * count

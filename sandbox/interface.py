@@ -56,9 +56,9 @@ class PoolLimits:
 class CallHandler(Protocol):
     """Implemented by the engine: makes the real model calls that code in the REPL asks for."""
 
-    def prompt_refusal(self, chars: int, model: str | None) -> str | None:
-        """Why a prompt of `chars` characters for `model` would be refused ("Error: ..."), else None.
-        Asked before the prompt is read from the worker."""
+    def prompt_refusals(self, chars: list[int], model: str | None) -> list[str | None]:
+        """For prompts of these many characters to `model`, why each would be refused ("Error: ..."), else
+        None. Asked once per batch, before any prompt is read from the worker."""
         ...
 
     async def llm_query(self, prompts: list[str], model: str | None) -> list[str]:

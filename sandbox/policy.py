@@ -435,24 +435,19 @@ class Guards:
     def _safe_formatter(self, method: Any) -> Callable[..., str]:
         """The safe equivalent of str.format / format_map, unbound or bound to its template; formatting
         a text reads all of it."""
-        format_map = method.__name__ == "format_map"
-        unbound = method is str.format or method is str.format_map
-        formatter = safe_format_map if format_map else safe_format
-        if unbound:
-            def format_unbound(template: str, /, *args: Any, **kwargs: Any) -> str:
-                self._coverage.note(template)
-                return formatter(template, *args, **kwargs)
+        formatter = safe_format_map if method.__name__ == "format_map" else safe_format
+        bound = getattr(method, "__self__", None)  # the template; None for str.format itself
 
-            format_unbound.__name__ = method.__name__
-            return format_unbound
-        template = method.__self__
+        def format_text(*args: Any, **kwargs: Any) -> str:
+            if bound is not None:
+                args = (bound, *args)
+            if not args:
+                raise TypeError(f"{method.__name__}() needs a str template")
+            self._coverage.note(args[0])
+            return formatter(*args, **kwargs)
 
-        def format_bound(*args: Any, **kwargs: Any) -> str:
-            self._coverage.note(template)
-            return formatter(template, *args, **kwargs)
-
-        format_bound.__name__ = method.__name__
-        return format_bound
+        format_text.__name__ = method.__name__
+        return format_text
 
     def _is_own(self, obj: object) -> bool:
         return obj in self._own_classes if isinstance(obj, type) else type(obj) in self._own_classes

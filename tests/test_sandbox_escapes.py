@@ -25,8 +25,8 @@ INTEGRITY_CHECK = ("import re\nprint(re.findall('a', 'banana'), type(context) is
 
 
 class Handler:
-    def prompt_refusal(self, chars: int, model: str | None) -> str | None:
-        return None
+    def prompt_refusals(self, chars: list[int], model: str | None) -> list[str | None]:
+        return [None] * len(chars)
 
     async def llm_query(self, prompts: list[str], model: str | None) -> list[str]:
         return ["sub-model answer"] * len(prompts)

@@ -46,10 +46,10 @@ class Recorder(Handler):
         self.batches: list[list[str]] = []
         self.limit = limit
 
-    def prompt_refusal(self, chars: int, model: str | None) -> str | None:
-        if self.limit is not None and chars > self.limit:
-            return f"Error: over {self.limit} characters"
-        return None
+    def prompt_refusals(self, chars: list[int], model: str | None) -> list[str | None]:
+        limit = self.limit
+        return [f"Error: over {limit} characters" if limit is not None and count > limit else None
+                for count in chars]
 
     async def llm_query(self, prompts: list[str], model: str | None) -> list[str]:
         self.batches.append(prompts)

@@ -39,8 +39,8 @@ sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
 from sandbox import PoolLimits, SandboxLimits, SandboxPool
 
 class Handler:
-    def prompt_refusal(self, chars, model):
-        return None
+    def prompt_refusals(self, chars, model):
+        return [None] * len(chars)
 
     async def llm_query(self, prompts, model):
         print(session.pid, flush=True)  # the worker is busy in a loop from now on
@@ -64,8 +64,8 @@ class Handler:
         self.on_call = on_call
         self.cancelled = False
 
-    def prompt_refusal(self, chars: int, model: str | None) -> str | None:
-        return None
+    def prompt_refusals(self, chars: list[int], model: str | None) -> list[str | None]:
+        return [None] * len(chars)
 
     async def llm_query(self, prompts: list[str], model: str | None) -> list[str]:
         try:

@@ -28,8 +28,8 @@ class FakeHandler:
         self.calls: list[tuple[Any, ...]] = []
         self.fail = fail
 
-    def prompt_refusal(self, chars: int, model: str | None) -> str | None:
-        return None
+    def prompt_refusals(self, chars: list[int], model: str | None) -> list[str | None]:
+        return [None] * len(chars)
 
     async def llm_query(self, prompts: list[str], model: str | None) -> list[str]:
         self.calls.append(("llm", prompts, model))

@@ -273,24 +273,24 @@ class _SubcallHandler:
         self._run = run
         self._depth = depth
 
-    def prompt_refusal(self, chars: int, model: str | None) -> str | None:
-        """Why a prompt of `chars` characters for `model` cannot be sent ("Error: ..."), else None."""
+    def prompt_refusals(self, chars: list[int], model: str | None) -> list[str | None]:
+        """Why each prompt (of these many characters) for `model` cannot be sent ("Error: ..."), else None.
+        The model is resolved once for the batch."""
         if self._run.request.limits.max_subcalls == 0:
-            return "Error: sub-calls are disabled in this run; work with code alone."
+            return ["Error: sub-calls are disabled in this run; work with code alone."] * len(chars)
         target = model or self._run.request.sub_model
         if (problem := self._caller.unknown_model(target)) is not None:
-            return f"Error: {problem}"
+            return [f"Error: {problem}"] * len(chars)
         limit = self._caller.prompt_limit_chars(target)
-        if limit is not None and chars > limit:
-            return (f"Error: this prompt has {chars:,} characters, over the sub-model's limit of about "
-                    f"{limit:,} characters. Split it into smaller pieces.")
-        return None
+        return [None if limit is None or count <= limit else
+                (f"Error: this prompt has {count:,} characters, over the sub-model's limit of about "
+                 f"{limit:,} characters. Split it into smaller pieces.") for count in chars]
 
     async def llm_query(self, prompts_: list[str], model: str | None) -> list[str]:
         run, caller = self._run, self._caller
         target = model or run.request.sub_model
         # Every slot ends up holding a refusal or an answer.
-        results: list[str] = [self.prompt_refusal(len(prompt), model) or "" for prompt in prompts_]
+        results = [refusal or "" for refusal in self.prompt_refusals([len(p) for p in prompts_], model)]
         sendable = [index for index, result in enumerate(results) if not result]
         # Every prompt of the batch is reserved at the largest one's estimate: simple, and never short.
         reserved_each = max((caller.estimate_cost_usd(target, len(prompts_[i]), RESERVED_COMPLETION_TOKENS)
