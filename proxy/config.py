@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 ENV_REFERENCE_PREFIX = "os.environ/"
 CacheScope = Literal["key", "team", "global"]
+NativeAPI = Literal["responses", "messages"]
 
 
 def key_hash(key: str) -> str:
@@ -46,6 +47,10 @@ class ModelInfo(BaseModel):
     # Prices in LiteLLM's names, for models litellm has no price for (self-hosted, new, mock).
     input_cost_per_token: float | None = Field(default=None, ge=0)
     output_cost_per_token: float | None = Field(default=None, ge=0)
+    # The dialects this deployment serves itself, besides chat completions: requests in them are forwarded
+    # as they came instead of being bridged. None: OpenAI's own endpoint speaks `responses`, Anthropic's
+    # speaks `messages`, any other endpoint is bridged.
+    native_apis: list[NativeAPI] | None = None
 
 
 class ModelEntry(_Section):

@@ -101,13 +101,15 @@ class BodyLimitMiddleware:
                           code="request_too_large")
 
 
-CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+# The routes that call models; each is counted in the request metrics.
+MODEL_PATHS = frozenset({"/v1/chat/completions", "/chat/completions", "/v1/responses", "/responses",
+                         "/v1/messages", "/v1/embeddings", "/embeddings", "/v1/completions", "/completions"})
 CLIENT_CLOSED = 499  # nginx's status for a client that went away before the answer
 
 
 @dataclass
 class RouteInfo:
-    """What the chat route decided, for the metrics recorded when the response is done."""
+    """What a model route decided, for the metrics recorded when the response is done."""
 
     mode: str = "direct"
     model: str = OTHER
@@ -115,14 +117,14 @@ class RouteInfo:
 
 
 class MetricsMiddleware:
-    """Request count, duration and overhead (time not spent waiting on upstream) of chat requests."""
+    """Request count, duration and overhead (time not spent waiting on upstream) of model requests."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in CHAT_PATHS:
+        if scope["type"] != "http" or scope["path"] not in MODEL_PATHS:
             await self.app(scope, receive, send)
             return
         info = RouteInfo()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.config import ModelEntry
+from proxy.config import ModelEntry, NativeAPI
 from proxy.errors import ProxyError
 
 
@@ -20,10 +20,19 @@ class Deployment:
     rlm_threshold_tokens: int | None = None
     input_cost_per_token: float | None = None
     output_cost_per_token: float | None = None
+    native_apis: frozenset[NativeAPI] | None = None  # None: the provider's default (see `speaks`)
 
     @property
     def provider(self) -> str:
         return self.model.split("/", 1)[0] if "/" in self.model else ""
+
+    def speaks(self, api: NativeAPI) -> bool:
+        """Whether requests in this dialect go to the deployment as they are, rather than bridged."""
+        if self.native_apis is not None:
+            return api in self.native_apis
+        if api == "responses":
+            return self.provider == "openai" and not self.params.get("api_base")
+        return self.provider == "anthropic"
 
     @property
     def provider_model(self) -> str:
@@ -47,6 +56,8 @@ class ModelRegistry:
                 rlm_threshold_tokens=entry.model_info.rlm_threshold_tokens,
                 input_cost_per_token=entry.model_info.input_cost_per_token,
                 output_cost_per_token=entry.model_info.output_cost_per_token,
+                native_apis=None if entry.model_info.native_apis is None
+                else frozenset(entry.model_info.native_apis),
             ))
 
     @property

@@ -29,6 +29,8 @@ from proxy.registry import Deployment
 T = TypeVar("T")
 
 OPENAI_DEFAULT_BASE = "https://api.openai.com/v1"
+ANTHROPIC_DEFAULT_BASE = "https://api.anthropic.com/v1"
+ANTHROPIC_VERSION = "2023-06-01"  # sent when the client named none
 # litellm_params the fast path understands; a deployment with any other parameter goes through litellm.
 _FAST_PATH_PARAMS = frozenset({"api_base", "api_key", "timeout", "organization"})
 # Idle connections are dropped after this long: just under the 5 s idle timeout of uvicorn (vLLM, the mock and
@@ -208,25 +210,35 @@ class OpenAICompatBackend:
         self._default_base = (os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
                               or OPENAI_DEFAULT_BASE)
 
-    def _post(self, deployment: Deployment, body: dict[str, Any], stream: bool
-              ) -> AbstractAsyncContextManager[HttpResponse]:
-        params = deployment.params
-        base = str(params.get("api_base") or self._default_base).rstrip("/")
-        payload = {**body, "model": deployment.provider_model}
-        if stream:
-            # Always ask for usage: the proxy accounts for it even when the client did not ask.
-            payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        headers = {"content-type": "application/json"}
-        api_key = params.get("api_key") or os.environ.get("OPENAI_API_KEY")
-        if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
-        if params.get("organization"):
-            headers["openai-organization"] = str(params["organization"])
-        timeout = float(params.get("timeout") or self._settings.timeout_s)
-        return self._http.post(f"{base}/chat/completions", orjson.dumps(payload), headers, timeout)
+    def post(self, deployment: Deployment, path: str, payload: dict[str, Any],
+             headers: Mapping[str, str] | None = None) -> AbstractAsyncContextManager[HttpResponse]:
+        """POST a body as it is to `path` under the deployment's base URL, with its credentials.
 
-    async def complete(self, deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
-        async with self._post(deployment, body, stream=False) as response:
+        OpenAI-style bases end in /v1 (`path` follows it); Anthropic's credentials go in `x-api-key`.
+        """
+        params = deployment.params
+        sent = {"content-type": "application/json", **(headers or {})}
+        if deployment.provider == "anthropic":
+            base = str(params.get("api_base") or ANTHROPIC_DEFAULT_BASE).rstrip("/")
+            base = base if base.endswith("/v1") else f"{base}/v1"
+            api_key = params.get("api_key") or os.environ.get("ANTHROPIC_API_KEY")
+            if api_key:
+                sent["x-api-key"] = str(api_key)
+            sent.setdefault("anthropic-version", ANTHROPIC_VERSION)
+        else:
+            base = str(params.get("api_base") or self._default_base).rstrip("/")
+            api_key = params.get("api_key") or os.environ.get("OPENAI_API_KEY")
+            if api_key:
+                sent["authorization"] = f"Bearer {api_key}"
+            if params.get("organization"):
+                sent["openai-organization"] = str(params["organization"])
+        timeout = float(params.get("timeout") or self._settings.timeout_s)
+        return self._http.post(f"{base}{path}", orjson.dumps(payload), sent, timeout)
+
+    async def post_json(self, deployment: Deployment, path: str, payload: dict[str, Any],
+                        headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """A JSON object answered with 200 to a POST; any other answer is an `UpstreamError`."""
+        async with self.post(deployment, path, payload, headers) as response:
             content = await response.read()
         if response.status != 200:
             raise _error_from_response(response.status, content, response.headers)
@@ -234,12 +246,34 @@ class OpenAICompatBackend:
             data = orjson.loads(content)
         except orjson.JSONDecodeError:
             raise malformed_error("body is not JSON") from None
-        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        if not isinstance(data, dict):
+            raise malformed_error("body is not a JSON object")
+        return data
+
+    async def post_events(self, deployment: Deployment, path: str, payload: dict[str, Any],
+                          headers: Mapping[str, str] | None = None) -> AsyncIterator[dict[str, Any]]:
+        """The JSON `data` of each server-sent event answering a POST (the Responses and Messages
+        streams, whose events carry their `type` in the data too), until the stream ends."""
+        async with self.post(deployment, path, payload, headers) as response:
+            if response.status != 200:
+                raise _error_from_response(response.status, await response.read(), response.headers)
+            async with aclosing(response.lines()) as lines:
+                async for line in lines:
+                    if line.startswith(b"data:") and (data := line[5:].strip()) != b"[DONE]":
+                        yield _parse_chunk(data)
+
+    async def complete(self, deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
+        payload = {**body, "model": deployment.provider_model}
+        data = await self.post_json(deployment, "/chat/completions", payload)
+        if not isinstance(data.get("choices"), list):
             raise malformed_error("no 'choices' list")
         return data
 
     async def stream(self, deployment: Deployment, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        async with self._post(deployment, body, stream=True) as response:
+        payload = {**body, "model": deployment.provider_model}
+        # Always ask for usage: the proxy accounts for it even when the client did not ask.
+        payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        async with self.post(deployment, "/chat/completions", payload) as response:
             if response.status != 200:
                 raise _error_from_response(response.status, await response.read(), response.headers)
             async with aclosing(response.lines()) as lines:
@@ -327,6 +361,15 @@ class LiteLLMBackend:
                                  getattr(exc, "param", None), retry_after)
 
 
+# Reads usage, in chat terms (prompt_tokens, completion_tokens), from an answer or a stream's item.
+UsageOf = Callable[[dict[str, Any]], dict[str, Any] | None]
+
+
+def _chat_usage(item: dict[str, Any]) -> dict[str, Any] | None:
+    usage = item.get("usage")
+    return usage if isinstance(usage, dict) else None
+
+
 class UpstreamObserver(Protocol):
     """Told about every upstream call's outcome (for metrics): usage of answers, errors after retries."""
 
@@ -361,35 +404,58 @@ class Upstream:
         backend = self.backend_for(deployment)
         with self._observed(deployment):
             completion = await self._with_retries(lambda: backend.complete(deployment, body))
-        if isinstance(completion.get("usage"), dict):
-            self._observer.on_usage(deployment, completion["usage"])
+        if (usage := _chat_usage(completion)) is not None:
+            self._observer.on_usage(deployment, usage)
         return completion
 
     async def stream(self, deployment: Deployment, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Chunks of a streamed completion. Retries happen only before the first chunk arrives."""
         backend = self.backend_for(deployment)
+        async for chunk in self._streamed(deployment, lambda: backend.stream(deployment, body), _chat_usage):
+            yield chunk
 
+    async def forward(self, deployment: Deployment, path: str, body: dict[str, Any],
+                      usage_of: UsageOf, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """A request in a dialect the deployment speaks itself (`Deployment.speaks`), sent as it is to
+        `path` with the provider's model name, with retries. `usage_of` reads usage in chat terms."""
+        payload = {**body, "model": deployment.provider_model}
+        post = self._fast.post_json
+        with self._observed(deployment):
+            answer = await self._with_retries(lambda: post(deployment, path, payload, headers))
+        if (usage := usage_of(answer)) is not None:
+            self._observer.on_usage(deployment, usage)
+        return answer
+
+    def forward_events(self, deployment: Deployment, path: str, body: dict[str, Any], usage_of: UsageOf,
+                       headers: Mapping[str, str] | None = None) -> AsyncIterator[dict[str, Any]]:
+        """`forward` for a streamed answer: its events' data, retried only before the first one."""
+        payload = {**body, "model": deployment.provider_model}
+        return self._streamed(deployment, lambda: self._fast.post_events(deployment, path, payload, headers),
+                              usage_of)
+
+    async def _streamed(self, deployment: Deployment, start: Callable[[], AsyncIterator[dict[str, Any]]],
+                        usage_of: UsageOf) -> AsyncIterator[dict[str, Any]]:
         async def open_stream() -> tuple[AsyncIterator[dict[str, Any]], dict[str, Any] | None]:
-            chunks = backend.stream(deployment, body)
+            items = start()
             try:
-                return chunks, await anext(chunks)
+                return items, await anext(items)
             except StopAsyncIteration:
-                return chunks, None
+                return items, None
             except BaseException:
-                await chunks.aclose()  # type: ignore[attr-defined]
+                await items.aclose()  # type: ignore[attr-defined]
                 raise
 
         with self._observed(deployment):
-            chunks, first = await self._with_retries(open_stream)
+            items, item = await self._with_retries(open_stream)
         try:
-            while first is not None:
-                if isinstance(first.get("usage"), dict):
-                    self._observer.on_usage(deployment, first["usage"])
-                yield first
+            while item is not None:
+                if (usage := usage_of(item)) is not None:
+                    self._observer.on_usage(deployment, usage)
+                yield item
                 with upstream_wait(), self._observed(deployment):
-                    first = await anext(chunks, None)
+                    item = await anext(items, None)
         finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
+            await items.aclose()  # type: ignore[attr-defined]
 
     @contextmanager
     def _observed(self, deployment: Deployment) -> Iterator[None]:

@@ -1,7 +1,8 @@
-"""POST /v1/chat/completions: routing to direct passthrough or RLM mode."""
+"""POST /v1/chat/completions: the Chat Completions dialect over the request core."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -9,59 +10,34 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from proxy.api.deps import IdentityDep, Services, ServicesDep, require_api_key
+from proxy.api import core
+from proxy.api.deps import IdentityDep, ServicesDep, require_api_key
 from proxy.api.request import ChatRequest, parse_chat_request
-from proxy.api.rlm import run_request, serve_rlm
-from proxy.api.streaming import DONE, SSEResponse, guard_stream, read_body, sse_data, until_disconnect
-from proxy.cache import CachePolicy
-from proxy.middleware import RouteInfo
-from proxy.registry import Deployment
-from proxy.routing import MODE_HEADER, split_model
+from proxy.api.rlm import ANSWER_DELTA_CHARS, HEARTBEAT, progress_line, summary, with_heartbeats
+from proxy.api.streaming import DONE, SSEResponse, guard_stream, read_body, sse_data
+from proxy.rlm.events import Event, RunFinished
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
-
-_DIRECT = {"x-rlm-mode": "direct"}
 
 
 @router.post("/v1/chat/completions")
 @router.post("/chat/completions", include_in_schema=False)
 async def chat_completions(request: Request, services: ServicesDep, identity: IdentityDep) -> Response:
     chat = parse_chat_request(await read_body(request))
-    model, _ = split_model(chat.model)
-    deployment = services.registry.resolve(model)
-    decision = await services.router.decide(request.headers.get(MODE_HEADER), chat.model, chat.messages,
-                                            deployment)
-    _note_route(request, services, decision.mode, decision.model)
-    if decision.mode == "rlm":
-        cache = CachePolicy.from_header(request.headers.get("cache-control"),
-                                        identity.cache_scope(services.settings.cache.scope))
-        run = run_request(chat, decision.model, services.settings.rlm, cache)
-        # A bad sub-model would turn every sub-call into an error string: refuse the request instead.
-        services.registry.resolve(run.sub_model, param="rlm.sub_model")
-        return await serve_rlm(request, services, chat, run)
-    if decision.model != chat.model:
-        chat.body["model"] = decision.model
+    routed = await core.route(request, services, identity, chat)
+    if isinstance(routed, core.RLMRun):
+        if chat.stream:
+            sse = _rlm_chunks(routed, chat, services.settings.rlm.heartbeat_s)
+            return SSEResponse(guard_stream(sse), headers=core.rlm_headers(routed.run_id))
+        finished = await core.finish(request, routed)
+        return Response(orjson.dumps(_rlm_completion(routed.run_id, chat.model, finished)),
+                        media_type="application/json", headers=core.rlm_headers(routed.run_id, finished))
     if chat.stream:
-        return await _stream_direct(request, services, deployment, chat)
-    completion = await until_disconnect(request.receive, services.upstream.complete(deployment, chat.body))
-    return Response(orjson.dumps(completion), media_type="application/json", headers=_DIRECT)
-
-
-def _note_route(request: Request, services: Services, mode: str, model: str) -> None:
-    """Tell the metrics middleware what was decided, and count the request as in flight in that mode."""
-    info: RouteInfo | None = getattr(request.state, "route_info", None)
-    if info is None:
-        return
-    info.mode, info.model, info.in_flight = mode, services.metrics.model(model), True
-    services.metrics.in_flight.labels(mode).inc()
-
-
-async def _stream_direct(request: Request, services: Services, deployment: Deployment,
-                         chat: ChatRequest) -> Response:
-    chunks = services.upstream.stream(deployment, chat.body)
-    # Wait for the first chunk before answering, so that upstream failures still get a real status.
-    first = await until_disconnect(request.receive, anext(chunks, None))
-    return SSEResponse(guard_stream(_relay(first, chunks, chat.include_usage)), headers=_DIRECT)
+        first, chunks = await core.stream(request, services, routed)
+        relayed = _relay(first, chunks, chat.include_usage)
+        return SSEResponse(guard_stream(relayed), headers=core.DIRECT_HEADERS)
+    completion = await core.complete(request, services, routed)
+    return Response(orjson.dumps(completion), media_type="application/json", headers=core.DIRECT_HEADERS)
 
 
 async def _relay(first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, Any]],
@@ -103,3 +79,41 @@ async def _chain(head: list[dict[str, Any]],
         yield item
     async for item in tail:
         yield item
+
+
+def _rlm_completion(run_id: str, model: str, finished: RunFinished) -> dict[str, Any]:
+    return {"id": f"chatcmpl-rlm-{run_id}", "object": "chat.completion", "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": finished.answer},
+                         "logprobs": None, "finish_reason": finished.finish_reason}],
+            "usage": finished.stats.usage(), "rlm": summary(run_id, finished)}
+
+
+async def _rlm_chunks(run: core.RLMRun, chat: ChatRequest, heartbeat_s: float) -> AsyncIterator[bytes]:
+    base = {"id": f"chatcmpl-rlm-{run.run_id}", "object": "chat.completion.chunk",
+            "created": int(time.time()), "model": chat.model}
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        body: dict[str, Any] = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                                      "finish_reason": finish_reason}]}
+        if chat.include_usage:
+            body["usage"] = None
+        return sse_data(body)
+
+    yield chunk({"role": "assistant", "content": ""})
+    event: Event | None
+    async for event in with_heartbeats(run.events, heartbeat_s):
+        if event is None:
+            yield HEARTBEAT
+        elif isinstance(event, RunFinished):
+            answer = event.answer
+            for start in range(0, len(answer), ANSWER_DELTA_CHARS):
+                yield chunk({"content": answer[start:start + ANSWER_DELTA_CHARS]})
+            yield chunk({}, event.finish_reason)
+            if chat.include_usage:
+                yield sse_data({**base, "choices": [], "usage": event.stats.usage(),
+                                "rlm": summary(run.run_id, event)})
+            yield DONE
+            return
+        elif (line := progress_line(event)) is not None:
+            yield chunk({"reasoning_content": line})

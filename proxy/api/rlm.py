@@ -1,21 +1,15 @@
-"""Serving RLM mode: a chat request becomes an engine run; its events become JSON or SSE."""
+"""RLM mode pieces every route shares: the run a request asks for, the run's events with metrics and error
+statuses, its summary and progress lines, heartbeats."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-from fastapi import Request
-from fastapi.responses import Response
-
-from proxy.api.deps import Services
 from proxy.api.request import ChatRequest
-from proxy.api.streaming import DONE, SSEResponse, guard_stream, sse_data, until_disconnect
 from proxy.cache import CachePolicy
 from proxy.config import RLMSettings
 from proxy.errors import ProxyError, invalid_request
@@ -101,23 +95,7 @@ def run_request(chat: ChatRequest, model: str, settings: RLMSettings, cache: Cac
                       root_params=chat.body, cache=cache)
 
 
-async def serve_rlm(request: Request, services: Services, chat: ChatRequest, run: RunRequest) -> Response:
-    events = observed(as_proxy_errors(services.engine.run(run)), services.metrics, run)
-    if chat.stream:
-        sse = _sse(run.run_id, chat, events, services.settings.rlm.heartbeat_s)
-        return SSEResponse(guard_stream(sse), headers={"x-rlm-mode": "rlm", "x-rlm-run-id": run.run_id})
-    finished = await until_disconnect(request.receive, _last(events))
-    headers = {"x-rlm-mode": "rlm", "x-rlm-run-id": run.run_id,
-               "x-rlm-iterations": str(finished.stats.iterations),
-               "x-rlm-subcalls": str(finished.stats.subcalls),
-               "x-rlm-cost-usd": f"{finished.stats.cost_usd:.6f}"}
-    if finished.stopped is not None:
-        headers["x-rlm-stopped"] = finished.stopped
-    return Response(orjson.dumps(_completion(run.run_id, chat.model, finished)),
-                    media_type="application/json", headers=headers)
-
-
-async def _last(events: AsyncIterator[Event]) -> RunFinished:
+async def last_event(events: AsyncIterator[Event]) -> RunFinished:
     async with contextlib.aclosing(events):  # type: ignore[type-var]
         async for event in events:
             if isinstance(event, RunFinished):
@@ -170,7 +148,7 @@ async def observed(events: AsyncIterator[Event], metrics: Metrics, run: RunReque
         await events.aclose()  # type: ignore[attr-defined]
 
 
-def _summary(run_id: str, finished: RunFinished) -> dict[str, Any]:
+def summary(run_id: str, finished: RunFinished) -> dict[str, Any]:
     stats = finished.stats
     return {"run_id": run_id, "iterations": stats.iterations, "subcalls": stats.subcalls,
             "cached_subcalls": stats.cached_subcalls, "subcall_errors": stats.subcall_errors,
@@ -178,14 +156,6 @@ def _summary(run_id: str, finished: RunFinished) -> dict[str, Any]:
             "cost_saved_usd": round(stats.cost_saved_usd, 8), "stopped": finished.stopped,
             "context_coverage": round(stats.coverage, 4), "max_depth": stats.max_depth,
             "duration_s": round(stats.duration_s, 3)}
-
-
-def _completion(run_id: str, model: str, finished: RunFinished) -> dict[str, Any]:
-    return {"id": f"chatcmpl-rlm-{run_id}", "object": "chat.completion", "created": int(time.time()),
-            "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": finished.answer},
-                         "logprobs": None, "finish_reason": finished.finish_reason}],
-            "usage": finished.stats.usage(), "rlm": _summary(run_id, finished)}
 
 
 def progress_line(event: Event) -> str | None:
@@ -204,36 +174,6 @@ def progress_line(event: Event) -> str | None:
             plural = "s" * (event.count != 1)
             return f"{event.count} sub-call{plural} answered in {event.duration_s:.1f} s{errors}.\n"
     return None
-
-
-async def _sse(run_id: str, chat: ChatRequest, events: AsyncIterator[Event],
-               heartbeat_s: float) -> AsyncIterator[bytes]:
-    base = {"id": f"chatcmpl-rlm-{run_id}", "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": chat.model}
-
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        body: dict[str, Any] = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                                      "finish_reason": finish_reason}]}
-        if chat.include_usage:
-            body["usage"] = None
-        return sse_data(body)
-
-    yield chunk({"role": "assistant", "content": ""})
-    async for event in with_heartbeats(events, heartbeat_s):
-        if event is None:
-            yield HEARTBEAT
-        elif isinstance(event, RunFinished):
-            answer = event.answer
-            for start in range(0, len(answer), ANSWER_DELTA_CHARS):
-                yield chunk({"content": answer[start:start + ANSWER_DELTA_CHARS]})
-            yield chunk({}, event.finish_reason)
-            if chat.include_usage:
-                yield sse_data({**base, "choices": [], "usage": event.stats.usage(),
-                                "rlm": _summary(run_id, event)})
-            yield DONE
-            return
-        elif (line := progress_line(event)) is not None:
-            yield chunk({"reasoning_content": line})
 
 
 async def with_heartbeats(events: AsyncIterator[Event], interval_s: float) -> AsyncIterator[Event | None]:

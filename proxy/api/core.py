@@ -1,0 +1,113 @@
+"""The request core every dialect shares: the mode decision, RLM runs, direct calls and their metrics.
+
+A dialect adapter (Chat Completions, Responses, Messages) translates its request into a `ChatRequest`,
+calls `route`, and renders what comes back in its own shapes: a `Direct` call it completes or streams
+through `complete` / `stream` (or forwards natively), an `RLMRun` whose events it turns into its answer.
+Keys, limits, the mode decision, cache scope and metrics are decided here once for every route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+
+from proxy.api.deps import Services
+from proxy.api.request import ChatRequest
+from proxy.api.rlm import as_proxy_errors, last_event, observed, run_request
+from proxy.api.streaming import until_disconnect
+from proxy.auth import Identity
+from proxy.cache import CachePolicy
+from proxy.middleware import RouteInfo
+from proxy.registry import Deployment
+from proxy.rlm.engine import RunRequest
+from proxy.rlm.events import Event, RunFinished
+from proxy.routing import MODE_HEADER, split_model
+
+DIRECT_HEADERS = {"x-rlm-mode": "direct"}
+
+
+@dataclass(frozen=True)
+class Direct:
+    """A request for the upstream model itself; `chat.body['model']` no longer carries `rlm/`."""
+
+    deployment: Deployment
+    chat: ChatRequest
+
+
+@dataclass(frozen=True)
+class RLMRun:
+    """A request answered by the RLM loop; `events` end with `RunFinished` (metrics already recorded)."""
+
+    run: RunRequest
+    events: AsyncIterator[Event]
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+
+async def route(request: Request, services: Services, identity: Identity,
+                chat: ChatRequest) -> Direct | RLMRun:
+    """Decide direct or RLM for a request already in Chat Completions form, and prepare that path."""
+    model, _ = split_model(chat.model)
+    deployment = services.registry.resolve(model)
+    decision = await services.router.decide(request.headers.get(MODE_HEADER), chat.model, chat.messages,
+                                            deployment)
+    _note_route(request, services, decision.mode, decision.model)
+    if decision.mode == "rlm":
+        cache = CachePolicy.from_header(request.headers.get("cache-control"),
+                                        identity.cache_scope(services.settings.cache.scope))
+        run = run_request(chat, decision.model, services.settings.rlm, cache)
+        # A bad sub-model would turn every sub-call into an error string: refuse the request instead.
+        services.registry.resolve(run.sub_model, param="rlm.sub_model")
+        events = observed(as_proxy_errors(services.engine.run(run)), services.metrics, run)
+        return RLMRun(run, events)
+    if decision.model != chat.model:
+        chat.body["model"] = decision.model
+    return Direct(deployment, chat)
+
+
+def _note_route(request: Request, services: Services, mode: str, model: str) -> None:
+    """Tell the metrics middleware what was decided, and count the request as in flight in that mode."""
+    info: RouteInfo | None = getattr(request.state, "route_info", None)
+    if info is None:
+        return
+    info.mode, info.model, info.in_flight = mode, services.metrics.model(model), True
+    services.metrics.in_flight.labels(mode).inc()
+
+
+async def complete(request: Request, services: Services, direct: Direct) -> dict[str, Any]:
+    """The upstream's chat completion; the call is cancelled if the client goes away."""
+    return await until_disconnect(request.receive,
+                                  services.upstream.complete(direct.deployment, direct.chat.body))
+
+
+async def stream(request: Request, services: Services,
+                 direct: Direct) -> tuple[dict[str, Any] | None, AsyncIterator[dict[str, Any]]]:
+    """The upstream's first chunk (None for an empty stream) and the rest.
+
+    The first chunk is awaited before a response starts, so that upstream failures still get a status.
+    """
+    chunks = services.upstream.stream(direct.deployment, direct.chat.body)
+    first = await until_disconnect(request.receive, anext(chunks, None))
+    return first, chunks
+
+
+async def finish(request: Request, run: RLMRun) -> RunFinished:
+    """Drive a run to its end for a non-streaming answer; the run is cancelled if the client goes away."""
+    return await until_disconnect(request.receive, last_event(run.events))
+
+
+def rlm_headers(run_id: str, finished: RunFinished | None = None) -> dict[str, str]:
+    """The `x-rlm-*` headers; the figures only when the run is over (not on a stream's first bytes)."""
+    headers = {"x-rlm-mode": "rlm", "x-rlm-run-id": run_id}
+    if finished is not None:
+        headers |= {"x-rlm-iterations": str(finished.stats.iterations),
+                    "x-rlm-subcalls": str(finished.stats.subcalls),
+                    "x-rlm-cost-usd": f"{finished.stats.cost_usd:.6f}"}
+        if finished.stopped is not None:
+            headers["x-rlm-stopped"] = finished.stopped
+    return headers
