@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from proxy.rlm.budget import Limit
@@ -69,10 +69,14 @@ class SubcallsFinished:
 
 @dataclass(frozen=True)
 class RunFinished:
-    answer: str
-    finish_reason: Literal["stop", "length"]
+    answer: str  # may be empty when the run ends in tool calls
+    finish_reason: Literal["stop", "length", "tool_calls"]
     stopped: Limit | None  # the limit that ended the run, None when the model answered
     stats: RunStats
+    # Calls of the client's tools that the root model answered with, in Chat Completions form:
+    # {"id", "type": "function", "function": {"name", "arguments" (a JSON string)}}. Each dialect renders
+    # them as its own tool calls; the client runs them and continues the conversation.
+    tool_calls: tuple[dict[str, Any], ...] = ()
 
 
 Event = IterationStarted | BlockExecuted | SubcallsDispatched | SubcallsFinished | RunFinished
