@@ -94,26 +94,26 @@ def _nests_deeper_than(value: Any, limit: int) -> bool:
 
 def parse_chat_request(raw: bytes | bytearray) -> ChatRequest:
     body = parse_json_body(raw)
-    model = _required(body, "model", str, "a string")
+    model = required(body, "model", str, "a string")
     if not model:
         raise invalid_request("'model' must not be empty.", param="model", code="invalid_value")
-    _check_messages(_required(body, "messages", list, "an array"))
-    stream = _optional(body, "stream", bool, "a boolean") or False
-    options = _optional(body, "stream_options", dict, "an object")
+    _check_messages(required(body, "messages", list, "an array"))
+    stream = optional(body, "stream", bool, "a boolean") or False
+    options = optional(body, "stream_options", dict, "an object")
     if options is not None and not stream:
         raise invalid_request("'stream_options' is only allowed when 'stream' is true.",
                               param="stream_options", code="invalid_value")
-    include_usage = bool(options and _optional(options, "include_usage", bool, "a boolean",
+    include_usage = bool(options and optional(options, "include_usage", bool, "a boolean",
                                                param="stream_options.include_usage"))
-    rlm = _rlm_options(body.pop("rlm", None))
+    rlm = rlm_options(body.pop("rlm", None))
     return ChatRequest(body=body, model=model, stream=stream, include_usage=include_usage, rlm=rlm)
 
 
-def _rlm_options(value: Any) -> RLMOptions:
+def rlm_options(value: Any) -> RLMOptions:
     if value is None:
         return RLMOptions()
     if not isinstance(value, dict):
-        raise _wrong_type("rlm", "an object", value)
+        raise wrong_type("rlm", "an object", value)
     unknown = sorted(set(value) - set(_RLM_FIELDS))
     if unknown:
         raise invalid_request(f"Unknown field(s) in 'rlm': {', '.join(unknown)}; allowed: "
@@ -124,9 +124,9 @@ def _rlm_options(value: Any) -> RLMOptions:
             continue
         if name in _RLM_STRINGS:
             if not isinstance(item, str) or not item:
-                raise _wrong_type(param, "a non-empty string", item)
+                raise wrong_type(param, "a non-empty string", item)
         elif isinstance(item, bool) or not isinstance(item, int | float):
-            raise _wrong_type(param, "a number", item)
+            raise wrong_type(param, "a number", item)
         elif name in _RLM_INT_MINIMUMS and (not isinstance(item, int) or item < _RLM_INT_MINIMUMS[name]):
             raise invalid_request(f"'{param}' must be an integer >= {_RLM_INT_MINIMUMS[name]}, got {item}.",
                                   param=param, code="invalid_value")
@@ -136,24 +136,24 @@ def _rlm_options(value: Any) -> RLMOptions:
     return RLMOptions(**value)
 
 
-def _required(body: dict[str, Any], name: str, kind: type, described: str) -> Any:
+def required(body: dict[str, Any], name: str, kind: type, described: str) -> Any:
     if name not in body:
         raise invalid_request(f"Missing required parameter: '{name}'.", param=name,
                               code="missing_required_parameter")
-    value = _optional(body, name, kind, described)
+    value = optional(body, name, kind, described)
     if value is None:
-        raise _wrong_type(name, described, value)
+        raise wrong_type(name, described, value)
     return value
 
 
-def _optional(body: dict[str, Any], name: str, kind: type, described: str, param: str | None = None) -> Any:
+def optional(body: dict[str, Any], name: str, kind: type, described: str, param: str | None = None) -> Any:
     value = body.get(name)
     if value is not None and not isinstance(value, kind):
-        raise _wrong_type(param or name, described, value)
+        raise wrong_type(param or name, described, value)
     return value
 
 
-def _wrong_type(param: str, described: str, value: Any) -> ProxyError:
+def wrong_type(param: str, described: str, value: Any) -> ProxyError:
     return invalid_request(f"'{param}' must be {described}, got {type(value).__name__}.", param=param,
                            code="invalid_type")
 
@@ -165,13 +165,13 @@ def _check_messages(messages: list[Any]) -> None:
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
-            raise _wrong_type(where, "an object", message)
+            raise wrong_type(where, "an object", message)
         role = message.get("role")
         if role not in _ROLES:
             raise invalid_request(f"'{where}.role' must be one of {', '.join(sorted(_ROLES))}.",
                                   param=f"{where}.role", code="invalid_value")
         content = message.get("content")
         if content is not None and not isinstance(content, str | list):
-            raise _wrong_type(f"{where}.content", "a string or an array of content parts", content)
+            raise wrong_type(f"{where}.content", "a string or an array of content parts", content)
         if isinstance(content, list) and not all(isinstance(part, dict) for part in content):
-            raise _wrong_type(f"{where}.content", "an array of content-part objects", content)
+            raise wrong_type(f"{where}.content", "an array of content-part objects", content)
