@@ -10,6 +10,11 @@ so a test can target a single request::
     [[mock:latency_ms=500]]              per-request latency override
     [[mock:malformed]]                   HTTP 200 with a body (or a stream line) that is not JSON
     [[mock:stream_error]]                streaming: two content chunks, then the connection is dropped
+    [[mock:tool_call]]                   answer with a call of the request's first function tool (its
+                                         required arguments filled with placeholders of their types)
+
+A request whose last message is a tool result is answered with ``tool result: <its start>``, so a test can
+see a tool call's round trip.
 
 Every chat request ends up either ``completed`` (its whole response was sent) or ``cancelled`` (the client
 disconnected first), so ``requests == completed + cancelled + in_flight`` between resets.
@@ -51,7 +56,10 @@ _TIMEOUT_MARKER_SECONDS = 3600.0
 _STREAM_ERROR_CONTENT_CHUNKS = 2
 _MARKER_PREFIX = "[[mock:"
 _MARKER_RE = re.compile(r"\[\[mock:([^\]]*)\]\]")
-_FLAG_OPTIONS = frozenset({"timeout", "malformed", "stream_error"})
+_FLAG_OPTIONS = frozenset({"timeout", "malformed", "stream_error", "tool_call"})
+# What a mock tool call puts in each required argument, by JSON schema type.
+_PLACEHOLDERS: dict[str, Any] = {"string": "mock", "integer": 1, "number": 1, "boolean": True, "array": [],
+                                 "object": {}}
 _VALUE_OPTIONS = frozenset({"status", "times", "id", "latency_ms"})
 
 
@@ -90,6 +98,7 @@ class _Marker:
     timeout: bool = False
     malformed: bool = False
     stream_error: bool = False
+    tool_call: bool = False
 
     def disarmed(self) -> _Marker:
         """The marker once its `times` budget is spent: only the latency override survives."""
@@ -104,6 +113,8 @@ class _ChatRequest:
     prompt_tokens: int
     last_user_text: str
     messages: list[mock_policy.Message]
+    tools: list[dict[str, Any]] = field(default_factory=list)  # function definitions
+    tool_result: str | None = None  # the content of a last message from a tool
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -144,6 +155,10 @@ def _parse_chat(body: bytes, default_model: str) -> _ChatRequest:
     stream_options = payload.get("stream_options")
     include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
     model = payload.get("model")
+    tools = payload.get("tools")
+    functions = [tool["function"] for tool in tools if isinstance(tool, dict) and isinstance(
+        tool.get("function"), dict)] if isinstance(tools, list) else []
+    last = messages[-1] if messages else {}
     return _ChatRequest(
         model=model if isinstance(model, str) else default_model,
         stream=payload.get("stream") is True,
@@ -151,7 +166,25 @@ def _parse_chat(body: bytes, default_model: str) -> _ChatRequest:
         prompt_tokens=prompt_tokens,
         last_user_text=last_user_text,
         messages=texts,
+        tools=functions,
+        tool_result=_content_text(last.get("content")) if last.get("role") == "tool" else None,
     )
+
+
+def _tool_call(request: _ChatRequest, call_id: str) -> dict[str, Any] | None:
+    """A call of the request's first function tool, or None when it has none."""
+    if not request.tools:
+        return None
+    function = request.tools[0]
+    schema = function.get("parameters") if isinstance(function.get("parameters"), dict) else {}
+    properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    required = schema.get("required") if isinstance(schema.get("required"), list) else []
+    arguments = {}
+    for name in required:
+        spec = properties.get(name)
+        arguments[str(name)] = _PLACEHOLDERS.get(spec.get("type")) if isinstance(spec, dict) else None
+    return {"id": call_id, "type": "function",
+            "function": {"name": str(function.get("name")), "arguments": orjson.dumps(arguments).decode()}}
 
 
 def _parse_marker(text: str) -> _Marker | None:
@@ -177,6 +210,7 @@ def _parse_marker(text: str) -> _Marker | None:
             timeout="timeout" in options,
             malformed="malformed" in options,
             stream_error="stream_error" in options,
+            tool_call="tool_call" in options,
         )
     except ValueError as exc:
         raise _BadRequest(f"Bad mock marker value: {exc}") from None
@@ -233,7 +267,11 @@ def _usage(prompt_tokens: int, reply: str) -> dict[str, int]:
     }
 
 
-def _completion_body(completion_id: str, model: str, reply: str, prompt_tokens: int) -> bytes:
+def _completion_body(completion_id: str, model: str, reply: str, prompt_tokens: int,
+                     tool_call: dict[str, Any] | None = None) -> bytes:
+    message: dict[str, Any] = {"role": "assistant", "content": reply}
+    if tool_call is not None:
+        message = {"role": "assistant", "content": None, "tool_calls": [tool_call]}
     return _dumps(
         {
             "id": completion_id,
@@ -243,9 +281,9 @@ def _completion_body(completion_id: str, model: str, reply: str, prompt_tokens: 
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": reply},
+                    "message": message,
                     "logprobs": None,
-                    "finish_reason": "stop",
+                    "finish_reason": "stop" if tool_call is None else "tool_calls",
                 }
             ],
             "usage": _usage(prompt_tokens, reply),
@@ -278,7 +316,7 @@ class _ChunkFactory:
             chunk["usage"] = usage  # OpenAI sends an explicit null on every chunk but the last
         return b"data: " + _dumps(chunk) + b"\n\n"
 
-    def delta(self, delta: dict[str, str], finish_reason: str | None = None) -> bytes:
+    def delta(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         return self._event([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
 
     def usage(self, usage: dict[str, int]) -> bytes:
@@ -484,31 +522,45 @@ class MockApp:
             self.stats.errors_injected += 1
         reply = self.settings.reply if self.settings.reply is not None else self._default_reply(request)
         completion_id = f"chatcmpl-mock-{next(self._ids)}"
+        tool_call = _tool_call(request, f"call_mock_{completion_id}") if marker.tool_call else None
         if request.stream:
-            return await self._stream(request, marker, reply, completion_id, send, watch)
+            return await self._stream(request, marker, reply, completion_id, send, watch, tool_call)
         if marker.malformed:
             await _send_bytes(send, 200, _MALFORMED_BODY, _JSON_HEADERS)
         else:
-            body = _completion_body(completion_id, request.model, reply, request.prompt_tokens)
+            body = _completion_body(completion_id, request.model, reply, request.prompt_tokens, tool_call)
             await _send_bytes(send, 200, body, _JSON_HEADERS)
         return True
 
     @staticmethod
     def _default_reply(request: _ChatRequest) -> str:
+        if request.tool_result is not None:
+            return "tool result: " + request.tool_result[:60]
         scripted = mock_policy.reply(request.messages)
         return scripted if scripted is not None else "mock reply: " + request.last_user_text[:60]
 
     def _stream_events(
-        self, request: _ChatRequest, marker: _Marker, reply: str, completion_id: str
+        self, request: _ChatRequest, marker: _Marker, reply: str, completion_id: str,
+        tool_call: dict[str, Any] | None
     ) -> list[bytes]:
         chunks = _ChunkFactory(completion_id, request.model, request.include_usage)
         first = chunks.delta({"role": "assistant", "content": ""})
         if marker.malformed:
             return [first, _MALFORMED_SSE_LINE]
-        contents = [chunks.delta({"content": piece}) for piece in _split(reply, self.settings.stream_deltas)]
+        if tool_call is not None:  # as OpenAI streams one: the name first, then the arguments in pieces
+            head = {"index": 0, "id": tool_call["id"], "type": "function",
+                    "function": {"name": tool_call["function"]["name"], "arguments": ""}}
+            pieces = _split(tool_call["function"]["arguments"], 2)
+            contents = [chunks.delta({"tool_calls": [head]}),
+                        *(chunks.delta({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+                          for piece in pieces)]
+        else:
+            contents = [chunks.delta({"content": piece})
+                        for piece in _split(reply, self.settings.stream_deltas)]
         if marker.stream_error:
             return [first, *contents[:_STREAM_ERROR_CONTENT_CHUNKS]]
-        events = [first, *contents, chunks.delta({}, finish_reason="stop")]
+        finish = "stop" if tool_call is None else "tool_calls"
+        events = [first, *contents, chunks.delta({}, finish_reason=finish)]
         if request.include_usage:
             events.append(chunks.usage(_usage(request.prompt_tokens, reply)))
         events.append(_SSE_DONE)
@@ -522,9 +574,10 @@ class MockApp:
         completion_id: str,
         send: Send,
         watch: _DisconnectWatch,
+        tool_call: dict[str, Any] | None,
     ) -> bool:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-        for event in self._stream_events(request, marker, reply, completion_id):
+        for event in self._stream_events(request, marker, reply, completion_id, tool_call):
             if await watch.disconnected():
                 return False
             await send({"type": "http.response.body", "body": event, "more_body": True})

@@ -326,3 +326,52 @@ def test_fixed_reply_and_delta_count(start_mock: Callable[[MockSettings], _Runni
     assert len(contents) == 7
     assert "".join(c or "" for c in contents) == "a fixed answer"
     assert [m.id for m in server.sdk().models.list()] == ["other"]
+
+
+_WEATHER_TOOL: Any = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                   "required": ["city", "days"]}}}
+
+
+def test_tool_call_marker_calls_the_first_tool(mock: _RunningMock) -> None:
+    completion = mock.sdk().chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "weather? [[mock:tool_call]]"}],
+        tools=[_WEATHER_TOOL])
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    [call] = choice.message.tool_calls or []
+    assert call.type == "function" and call.id.startswith("call_mock_")
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "mock", "days": 1}
+
+
+def test_streamed_tool_call_accumulates_in_the_sdk(mock: _RunningMock) -> None:
+    with mock.sdk().chat.completions.stream(
+            model="m", messages=[{"role": "user", "content": "weather? [[mock:tool_call]]"}],
+            tools=[_WEATHER_TOOL]) as stream:
+        final = stream.get_final_completion()
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    [call] = choice.message.tool_calls or []
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "mock", "days": 1}
+
+
+def test_a_tool_result_is_acknowledged(mock: _RunningMock) -> None:
+    messages: Any = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
+    ]
+    completion = mock.sdk().chat.completions.create(model="m", messages=messages, tools=[_WEATHER_TOOL])
+    assert completion.choices[0].message.content == "tool result: sunny, 21 C"
+
+
+def test_tool_call_marker_without_tools_answers_in_text(mock: _RunningMock) -> None:
+    completion = mock.sdk().chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi [[mock:tool_call]]"}])
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.choices[0].message.content.startswith("mock reply: hi")
