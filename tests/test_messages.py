@@ -7,6 +7,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import orjson
 import pytest
 
 from proxy.mock_policy import needle_prompt
@@ -195,7 +196,7 @@ BAD_BODIES = {
     "unknown block type": {"model": "mock", "max_tokens": 5,
                            "messages": [{"role": "user", "content": [{"type": "hologram"}]}]},
     "wrong content type": {"model": "mock", "max_tokens": 5, "messages": [{"role": "user", "content": 5}]},
-    "wrong role": {"model": "mock", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]},
+    "wrong role": {"model": "mock", "max_tokens": 5, "messages": [{"role": "tool", "content": "x"}]},
     "text block without text": {"model": "mock", "max_tokens": 5,
                                 "messages": [{"role": "user", "content": [{"type": "text"}]}]},
     "tool_result without id": {"model": "mock", "max_tokens": 5,
@@ -233,3 +234,65 @@ def test_chat_completions_keep_openais_error_shape(proxy: Server) -> None:
                           headers={"authorization": f"Bearer {MASTER_KEY}"})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "missing_required_parameter"
+
+
+def claude_code_body(model: str, prompt: str, stream: bool = True) -> dict[str, Any]:
+    """What Claude Code 2.1 sends (/work/briefs/wire-notes.md): a current model's shape, with a system
+    message after the user's, adaptive thinking and its other keys."""
+    cached = {"cache_control": {"type": "ephemeral"}}
+    return {"model": model, "stream": stream, "max_tokens": 32000, "tools": [],
+            "system": [{"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.332"},
+                       {"type": "text", "text": "You are Claude Code.", **cached},
+                       {"type": "text", "text": "Instructions. " * 400, **cached}],
+            "messages": [{"role": "user", "content": prompt},
+                         {"role": "system",
+                          "content": [{"type": "text", "text": "# Environment", **cached}]}],
+            "metadata": {"user_id": '{"device_id": "d", "session_id": "s"}'},
+            "thinking": {"type": "adaptive", "display": "omitted"},
+            "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+            "output_config": {"effort": "high"}}
+
+
+CLAUDE_CODE_HEADERS = {"x-api-key": MASTER_KEY, "anthropic-version": "2023-06-01", "x-app": "cli",
+                       "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14",
+                       "anthropic-dangerous-direct-browser-access": "true", "accept": "application/json"}
+
+
+def sse_events(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
+    events = []
+    for block in response.text.strip().split("\n\n"):
+        name, data = block.split("\n", 1)
+        events.append((name.removeprefix("event: "), orjson.loads(data.removeprefix("data: "))))
+    return events
+
+
+@pytest.mark.parametrize("model", ["mock", "claude-native"])
+def test_claude_codes_request_as_captured(proxy: Server, model: str) -> None:
+    response = httpx.post(proxy.url + "/v1/messages?beta=true", json=claude_code_body(model, "hello claude"),
+                          headers=CLAUDE_CODE_HEADERS, timeout=30)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(response)
+    assert [name for name, _ in events] == [
+        "message_start", "ping", "content_block_start", *["content_block_delta"] * 4, "content_block_stop",
+        "message_delta", "message_stop"]
+    assert all(name == data["type"] for name, data in events)
+    text = "".join(data["delta"]["text"] for name, data in events if name == "content_block_delta")
+    assert text == "mock reply: hello claude"
+    assert events[-2][1]["delta"]["stop_reason"] == "end_turn"
+    # Its retry after a failed stream: the same body without streaming.
+    retry = httpx.post(proxy.url + "/v1/messages?beta=true", json=claude_code_body(model, "again", False),
+                       headers=CLAUDE_CODE_HEADERS, timeout=30)
+    assert retry.json()["content"] == [{"type": "text", "text": "mock reply: again"}]
+
+
+def test_claude_code_in_rlm_mode(proxy: Server) -> None:
+    body = claude_code_body("mock", needle_prompt(1_000_000, KEY, VALUE, depth=0.3))
+    response = httpx.post(proxy.url + "/v1/messages?beta=true", json=body, headers=CLAUDE_CODE_HEADERS,
+                          timeout=120)
+    assert response.headers["x-rlm-mode"] == "rlm"
+    events = sse_events(response)
+    kinds = [data["content_block"]["type"] for name, data in events if name == "content_block_start"]
+    assert kinds == ["thinking", "text"]
+    text = "".join(data["delta"].get("text", "") for name, data in events if name == "content_block_delta")
+    assert text == VALUE

@@ -69,13 +69,21 @@ def parse_messages_request(raw: bytes | bytearray, *, count_only: bool = False) 
     if metadata and isinstance(metadata.get("user_id"), str):
         chat["user"] = metadata["user_id"]
     rlm = rlm_options(body.pop("rlm", None))
-    return MessagesRequest(body=body, reasoning_effort=_effort(optional(body, "thinking", dict, "an object")),
+    return MessagesRequest(body=body, reasoning_effort=_effort(optional(body, "thinking", dict, "an object"),
+                                                    body.get("output_config")),
                            chat=ChatRequest(body=chat, model=model, stream=stream, include_usage=stream,
                                             rlm=rlm))
 
 
-def _effort(thinking: dict[str, Any] | None) -> ThinkingEffort | None:
-    if not thinking or thinking.get("type") != "enabled":
+def _effort(thinking: dict[str, Any] | None, output_config: Any) -> ThinkingEffort | None:
+    """How hard a reasoning upstream should think: `thinking.budget_tokens` in bands, or for adaptive
+    thinking the client's `output_config.effort`."""
+    if not thinking:
+        return None
+    if thinking.get("type") == "adaptive" and isinstance(output_config, dict):
+        effort = output_config.get("effort")
+        return effort if effort in ("low", "medium", "high") else None
+    if thinking.get("type") != "enabled":
         return None
     budget = thinking.get("budget_tokens")
     if not isinstance(budget, int) or isinstance(budget, bool):
@@ -83,17 +91,18 @@ def _effort(thinking: dict[str, Any] | None) -> ThinkingEffort | None:
     return next((effort for bound, effort in _EFFORT_BOUNDS if budget < bound), "high")
 
 
-def _system_messages(system: Any) -> list[dict[str, Any]]:
+def _system_messages(system: Any, where: str = "system") -> list[dict[str, Any]]:
+    """System text (a string or text blocks; `cache_control` left out) as one chat system message."""
     if system is None:
         return []
     if isinstance(system, str):
         return [{"role": "system", "content": system}] if system else []
     if not isinstance(system, list):
-        raise wrong_type("system", "a string or an array of text blocks", system)
+        raise wrong_type(where, "a string or an array of text blocks", system)
     texts = []
     for index, block in enumerate(system):
-        _check_block(block, f"system[{index}]", frozenset({"text"}))
-        texts.append(_text_of(block, f"system[{index}]"))
+        _check_block(block, f"{where}[{index}]", frozenset({"text"}))
+        texts.append(_text_of(block, f"{where}[{index}]"))
     return [{"role": "system", "content": "\n\n".join(texts)}] if texts else []
 
 
@@ -127,11 +136,13 @@ def _chat_messages(messages: list[Any]) -> list[dict[str, Any]]:
         if not isinstance(message, dict):
             raise wrong_type(where, "an object", message)
         role = message.get("role")
-        if role not in ("user", "assistant"):
-            raise invalid_request(f"'{where}.role' must be 'user' or 'assistant'.", param=f"{where}.role",
-                                  code="invalid_value")
+        if role not in ("user", "assistant", "system"):
+            raise invalid_request(f"'{where}.role' must be 'user' or 'assistant' (or 'system').",
+                                  param=f"{where}.role", code="invalid_value")
         content = message.get("content")
-        if isinstance(content, str):
+        if role == "system":  # Claude Code puts its environment in one, after the user's message
+            translated += _system_messages(content, f"{where}.content")
+        elif isinstance(content, str):
             translated.append({"role": role, "content": content})
         elif isinstance(content, list):
             translated += (_user_messages if role == "user" else _assistant_messages)(content, where)
