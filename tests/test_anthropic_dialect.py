@@ -12,7 +12,7 @@ import pytest
 from anthropic.lib.streaming._messages import accumulate_event
 
 from proxy.api.messages import _rlm_events
-from proxy.dialects.anthropic import MessageStream, parse_messages_request
+from proxy.dialects.anthropic import MessageStream, parse_messages_request, without_unsigned_thinking
 from proxy.errors import ProxyError
 from proxy.rlm.events import IterationStarted, RunFinished, RunStats
 
@@ -115,3 +115,16 @@ async def test_an_rlm_run_ending_in_tool_calls_streams_tool_use_blocks() -> None
                                                                           {"q": "x"})
     assert message.stop_reason == "tool_use"
     assert (message.usage.input_tokens, message.usage.output_tokens) == (7, 3)
+
+
+def test_native_bodies_lose_only_the_proxys_unsigned_thinking() -> None:
+    signed = {"type": "thinking", "thinking": "real", "signature": "sig"}
+    ours = {"type": "thinking", "thinking": "Iteration 1: asking the root model.", "signature": ""}
+    text = {"type": "text", "text": "a"}
+    body = {"model": "m", "messages": [{"role": "user", "content": "q"},
+                                       {"role": "assistant", "content": [ours, text]},
+                                       {"role": "assistant", "content": [signed]}]}
+    assert without_unsigned_thinking(body)["messages"][1:] == [
+        {"role": "assistant", "content": [text]}, {"role": "assistant", "content": [signed]}]
+    untouched = {"model": "m", "messages": [{"role": "assistant", "content": [signed]}]}
+    assert without_unsigned_thinking(untouched) is untouched

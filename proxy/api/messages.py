@@ -69,6 +69,7 @@ async def _forward(request: Request, services: Services, direct: core.Direct,
                    body: dict[str, Any]) -> Response:
     """The body as the client sent it, to a deployment that speaks Messages itself."""
     upstream, headers = services.upstream, _forwarded_headers(request)
+    body = anthropic.without_unsigned_thinking(body)
     if direct.chat.stream:
         events = upstream.forward_events(direct.deployment, "/messages", body, anthropic.chat_usage, headers)
         first = await until_disconnect(request.receive, anext(events, None))

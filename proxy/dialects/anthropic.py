@@ -274,6 +274,26 @@ def _tools(body: dict[str, Any]) -> dict[str, Any]:
     return translated
 
 
+def without_unsigned_thinking(body: dict[str, Any]) -> dict[str, Any]:
+    """The body without the thinking blocks that have no signature: the proxy's own (RLM progress), which
+    Anthropic would refuse when a client sends them back. The body is copied only when there are some."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not any(_unsigned_thinking(message) for message in messages):
+        return body
+    kept = [{**message, "content": [block for block in message["content"] if not _is_unsigned(block)]}
+            if _unsigned_thinking(message) else message for message in messages]
+    return {**body, "messages": kept}
+
+
+def _unsigned_thinking(message: Any) -> bool:
+    return isinstance(message, dict) and message.get("role") == "assistant" and isinstance(
+        message.get("content"), list) and any(_is_unsigned(block) for block in message["content"])
+
+
+def _is_unsigned(block: Any) -> bool:
+    return isinstance(block, dict) and block.get("type") == "thinking" and not block.get("signature")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Answers
 
