@@ -13,12 +13,12 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from proxy.api import chat, health, models, prometheus
+from proxy.api import chat, health, messages, models, prometheus
 from proxy.api.deps import Services
 from proxy.auth import KeyChecker
 from proxy.cache import Cache
 from proxy.config import Settings, load_settings
-from proxy.errors import ProxyError, invalid_request
+from proxy.errors import ProxyError, error_dialect, invalid_request
 from proxy.http_server.head_limits import lifespan_state
 from proxy.memory import IdleMemoryMiddleware, MemoryReleaser, load_glibc
 from proxy.metrics import Metrics, UpstreamMetrics
@@ -75,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="rlm-proxy", version="0.1.0", lifespan=lifespan)
     app.state.services = services
     app.include_router(chat.router)
+    app.include_router(messages.router)
     app.include_router(models.router)
     if settings.server.health_routes:
         app.include_router(health.router)
@@ -129,20 +130,24 @@ def create_app_from_env() -> FastAPI:
     return create_app(load_settings())
 
 
+def _error_response(request: Request, error: ProxyError) -> Response:
+    """The error in the shape the request's path answers in."""
+    return Response(error.body(error_dialect(request.url.path)), status_code=error.status,
+                    media_type="application/json", headers=error.headers)
+
+
 async def _proxy_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProxyError)
-    return Response(exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers)
+    return _error_response(request, exc)
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    error = ProxyError(exc.status_code, str(exc.detail), code=code)
-    return Response(error.body(), status_code=error.status, media_type="application/json",
-                    headers=dict(exc.headers or {}))
+    return _error_response(request, ProxyError(exc.status_code, str(exc.detail), code=code,
+                                               headers=dict(exc.headers or {})))
 
 
 async def _validation_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    error = invalid_request(f"Invalid request: {exc.errors()}")
-    return Response(error.body(), status_code=400, media_type="application/json")
+    return _error_response(request, invalid_request(f"Invalid request: {exc.errors()}"))

@@ -1,4 +1,4 @@
-"""Bearer-key checks for the /v1 routes, and who the caller is."""
+"""Key checks for the /v1 routes (bearer keys; `x-api-key` on the Messages routes), and who the caller is."""
 
 from __future__ import annotations
 
@@ -46,13 +46,19 @@ class KeyChecker:
     def enabled(self) -> bool:
         return bool(self._identities)
 
-    def check(self, authorization: str | None) -> Identity:
+    def check(self, authorization: str | None, x_api_key: str | None = None) -> Identity:
+        """The caller of a `Authorization: Bearer` key, or of an `x-api-key` (Anthropic's way, accepted
+        where the route passes it)."""
         if not self._identities:
             return ANONYMOUS
         scheme, _, token = (authorization or "").partition(" ")
+        if x_api_key and x_api_key.strip():
+            scheme, token = "bearer", x_api_key
         if scheme.lower() != "bearer" or not token.strip():
-            raise ProxyError(401, "Missing API key: send 'Authorization: Bearer <key>'.",
-                             code="missing_api_key")
+            where = "'Authorization: Bearer <key>'"
+            if x_api_key is not None:
+                where += " or 'x-api-key: <key>'"
+            raise ProxyError(401, f"Missing API key: send {where}.", code="missing_api_key")
         candidate = bytes.fromhex(key_hash(token.strip()))
         # Compare against every key so that timing does not reveal which one nearly matched.
         found = ANONYMOUS

@@ -1,10 +1,14 @@
-"""The one place that turns failures into OpenAI-shaped error bodies and statuses."""
+"""The one place that turns failures into error bodies and statuses: OpenAI's envelope, or Anthropic's on
+the Messages routes (the dialect is chosen here, by path, for every place an error can arise)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import orjson
+
+ErrorDialect = Literal["openai", "anthropic"]
+MESSAGES_PATH = "/v1/messages"  # and what is under it (count_tokens)
 
 # The status decides which exception the OpenAI SDK raises; `type` mirrors what OpenAI sends.
 _TYPE_FOR_STATUS = {
@@ -18,10 +22,27 @@ _TYPE_FOR_STATUS = {
     502: "upstream_error",
     504: "timeout_error",
 }
+# Anthropic's error types (its SDK picks the exception by status; clients such as Claude Code read the type).
+_ANTHROPIC_TYPE_FOR_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def error_dialect(path: str) -> ErrorDialect:
+    """Which error shape a request's path answers in: Anthropic's for /v1/messages and what is under it."""
+    return "anthropic" if path == MESSAGES_PATH or path.startswith(MESSAGES_PATH + "/") else "openai"
 
 
 class ProxyError(Exception):
-    """An error with everything needed to answer the client in the OpenAI envelope."""
+    """An error with everything needed to answer the client in either envelope."""
 
     def __init__(
         self,
@@ -41,12 +62,15 @@ class ProxyError(Exception):
         self.error_type = error_type or _TYPE_FOR_STATUS.get(status, "server_error")
         self.headers = headers or {}
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self, dialect: ErrorDialect = "openai") -> dict[str, Any]:
+        if dialect == "anthropic":
+            kind = _ANTHROPIC_TYPE_FOR_STATUS.get(self.status, "api_error")
+            return {"type": "error", "error": {"type": kind, "message": self.message}}
         return {"error": {"message": self.message, "type": self.error_type, "param": self.param,
                           "code": self.code}}
 
-    def body(self) -> bytes:
-        return orjson.dumps(self.payload())
+    def body(self, dialect: ErrorDialect = "openai") -> bytes:
+        return orjson.dumps(self.payload(dialect))
 
 
 def invalid_request(message: str, param: str | None = None, code: str = "invalid_request") -> ProxyError:
@@ -58,9 +82,10 @@ def internal_error() -> ProxyError:
                       code="internal_error")
 
 
-def json_error_response_parts(error: ProxyError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+def json_error_response_parts(error: ProxyError, dialect: ErrorDialect = "openai"
+                              ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Status, raw ASGI headers and body for an error, usable from middleware and routes alike."""
-    body = error.body()
+    body = error.body(dialect)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
     return error.status, headers, body

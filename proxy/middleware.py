@@ -11,7 +11,13 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy.errors import ClientDisconnected, ProxyError, internal_error, json_error_response_parts
+from proxy.errors import (
+    ClientDisconnected,
+    ProxyError,
+    error_dialect,
+    internal_error,
+    json_error_response_parts,
+)
 from proxy.metrics import OTHER, REQUEST_CLOCK, Metrics, UpstreamClock
 
 log = logging.getLogger("rlm_proxy")
@@ -20,14 +26,15 @@ log = logging.getLogger("rlm_proxy")
 _SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
 
-async def send_error(send: Send, error: ProxyError) -> None:
-    status, headers, body = json_error_response_parts(error)
+async def send_error(send: Send, error: ProxyError, scope: Scope) -> None:
+    """An error response in the shape of the request's path (OpenAI's, or Anthropic's on /v1/messages)."""
+    status, headers, body = json_error_response_parts(error, error_dialect(scope["path"]))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 class RequestContextMiddleware:
-    """Stamps `x-request-id` on every response and answers any unhandled exception in OpenAI shape."""
+    """Stamps `x-request-id` on every response and answers any unhandled exception as an error."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -54,11 +61,11 @@ class RequestContextMiddleware:
         except ProxyError as error:
             # Raised outside a route (e.g. the body limit while Starlette reads the body).
             if not started:
-                await send_error(send_with_id, error)
+                await send_error(send_with_id, error, scope)
         except Exception:
             log.exception("unhandled error, request id %s", request_id.decode())
             if not started:
-                await send_error(send_with_id, internal_error())
+                await send_error(send_with_id, internal_error(), scope)
 
 
 def _request_id(scope: Scope) -> bytes:
@@ -81,7 +88,7 @@ class BodyLimitMiddleware:
             return
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
-                await send_error(send, self._too_large())
+                await send_error(send, self._too_large(), scope)
                 return
         received = 0
 

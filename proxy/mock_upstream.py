@@ -11,7 +11,12 @@ so a test can target a single request::
     [[mock:malformed]]                   HTTP 200 with a body (or a stream line) that is not JSON
     [[mock:stream_error]]                streaming: two content chunks, then the connection is dropped
     [[mock:tool_call]]                   answer with a call of the request's first function tool (its
-                                         required arguments filled with placeholders of their types)
+                                         required arguments filled with placeholders of their types),
+                                         unless the last message is a tool result
+
+`POST /v1/messages` (and `/v1/messages/count_tokens`) answer the same way in the Anthropic Messages
+dialect, markers and scripted policy included; the `anthropic-*` and `x-api-key` headers of the last such
+request are kept in the stats, so a test can see what a proxy forwarded.
 
 A request whose last message is a tool result is answered with ``tool result: <its start>``, so a test can
 see a tool call's round trip.
@@ -27,7 +32,7 @@ import itertools
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -35,6 +40,8 @@ import orjson
 import uvicorn
 
 from proxy import mock_policy
+from proxy.dialects import anthropic
+from proxy.errors import ProxyError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -83,6 +90,7 @@ class MockStats:
     in_flight: int = 0
     errors_injected: int = 0
     by_marker: dict[str, int] = field(default_factory=dict)
+    anthropic_headers: dict[str, str] = field(default_factory=dict)  # of the last /v1/messages request
 
 
 class _BadRequest(Exception):
@@ -172,8 +180,9 @@ def _parse_chat(body: bytes, default_model: str) -> _ChatRequest:
 
 
 def _tool_call(request: _ChatRequest, call_id: str) -> dict[str, Any] | None:
-    """A call of the request's first function tool, or None when it has none."""
-    if not request.tools:
+    """A call of the request's first function tool, or None when it has none or the conversation is already
+    answering one (so a marked question may stay in the history of a tool round trip)."""
+    if not request.tools or request.tool_result is not None:
         return None
     function = request.tools[0]
     schema = function.get("parameters") if isinstance(function.get("parameters"), dict) else {}
@@ -419,11 +428,19 @@ class MockApp:
             ("GET", "/mock/stats"): self._stats,
             ("POST", "/mock/reset"): self._reset,
         }
+        # Routes that read request headers.
+        self._scoped_routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
+            ("POST", "/v1/messages"): self._messages,
+            ("POST", "/v1/messages/count_tokens"): self._count_tokens,
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             handler = self._routes.get((scope["method"], scope["path"]))
-            if handler is None:
+            scoped = self._scoped_routes.get((scope["method"], scope["path"]))
+            if scoped is not None:
+                await scoped(scope, receive, send)
+            elif handler is None:
                 message = f"Unknown request URL: {scope['method']} {scope['path']}."
                 body = _error_body(message, "invalid_request_error", "unknown_url")
                 await _send_bytes(send, 404, body, _JSON_HEADERS)
@@ -447,11 +464,14 @@ class MockApp:
         await _send_json(send, 200, {"status": "reset"})
 
     async def _chat(self, receive: Receive, send: Send) -> None:
+        await self._counted(self._serve_chat(receive, send))
+
+    async def _counted(self, serving: Awaitable[bool]) -> None:
         self.stats.requests += 1
         self.stats.in_flight += 1
         finished = False
         try:
-            finished = await self._serve_chat(receive, send)
+            finished = await serving
         finally:
             stats = self.stats  # re-read: a reset may have replaced it while this request was running
             stats.in_flight -= 1
@@ -479,6 +499,72 @@ class MockApp:
             return await self._respond(request, marker, send, watch)
         finally:
             watch.close()
+
+    async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.stats.anthropic_headers = {
+            name.decode(): value.decode() for name, value in scope["headers"]
+            if name.startswith(b"anthropic-") or name == b"x-api-key"}
+        await self._counted(self._serve_messages(receive, send))
+
+    async def _serve_messages(self, receive: Receive, send: Send) -> bool:
+        """A chat request in the Messages dialect, answered as `_respond` would, in Anthropic's shapes."""
+        body = await _read_body(receive)
+        if body is None:
+            return False
+        try:
+            request = _anthropic_chat(body, self.settings.model_name)
+            marker = self._armed_marker(_parse_marker(request.last_user_text)) or _Marker()
+        except (_BadRequest, ProxyError) as exc:
+            await _send_anthropic_error(send, exc if isinstance(exc, ProxyError) else ProxyError(
+                400, str(exc), code="invalid_request"))
+            return True
+        watch = _DisconnectWatch(receive)
+        try:
+            delay = self._delay_seconds(marker)
+            if delay > 0 and await watch.sleep(delay):
+                return False
+            status, window = self._injected_status(marker), self.settings.context_window_tokens
+            if status is not None:
+                self.stats.errors_injected += 1
+                await _send_anthropic_error(send, ProxyError(status, f"Injected error {status}.", code="mock",
+                                                             headers={"retry-after": "0"}))
+                return True
+            if window is not None and request.prompt_tokens > window:
+                message = orjson.loads(_context_error(window, request.prompt_tokens))["error"]["message"]
+                await _send_anthropic_error(send, ProxyError(400, message, code="context_length_exceeded"))
+                return True
+            reply = self.settings.reply if self.settings.reply is not None else self._default_reply(request)
+            completion_id = f"mock-{next(self._ids)}"
+            tool_call = _tool_call(request, f"toolu_mock_{completion_id}") if marker.tool_call else None
+            if not request.stream:
+                completion = orjson.loads(_completion_body(completion_id, request.model, reply,
+                                                           request.prompt_tokens, tool_call))
+                await _send_json(send, 200, anthropic.message_from_completion(completion, request.model))
+                return True
+            chunks = [orjson.loads(event[6:]) for event in self._stream_events(
+                request, marker, reply, completion_id, tool_call) if event != _SSE_DONE]
+            writer = anthropic.MessageStream(f"msg_{completion_id}", request.model)
+            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+            async for event in anthropic.relay_chat_stream(None, _items(chunks), writer):
+                if await watch.disconnected():
+                    return False
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return True
+        finally:
+            watch.close()
+
+    async def _count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await _read_body(receive)
+        if body is None:
+            return
+        try:
+            request = _anthropic_chat(body, self.settings.model_name, count_only=True)
+        except (_BadRequest, ProxyError) as exc:
+            await _send_anthropic_error(send, exc if isinstance(exc, ProxyError) else ProxyError(
+                400, str(exc), code="invalid_request"))
+            return
+        await _send_json(send, 200, {"input_tokens": request.prompt_tokens})
 
     def _armed_marker(self, marker: _Marker | None) -> _Marker | None:
         if marker is None or marker.marker_id is None:
@@ -589,6 +675,24 @@ class MockApp:
             return True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return True
+
+
+def _anthropic_chat(body: bytes, default_model: str, count_only: bool = False) -> _ChatRequest:
+    """A Messages body as the mock's chat request (through the proxy's own translation)."""
+    chat = anthropic.parse_messages_request(body, count_only=count_only).chat
+    if chat.stream:
+        chat.body["stream_options"] = {"include_usage": True}
+    return _parse_chat(orjson.dumps(chat.body), default_model)
+
+
+async def _send_anthropic_error(send: Send, error: ProxyError) -> None:
+    headers = [*_JSON_HEADERS, *((k.encode(), v.encode()) for k, v in error.headers.items())]
+    await _send_bytes(send, error.status, error.body("anthropic"), headers)
+
+
+async def _items(items: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    for item in items:
+        yield item
 
 
 def build_mock_app(settings: MockSettings) -> MockApp:

@@ -7,6 +7,8 @@ import os
 from types import ModuleType
 from typing import Any
 
+import orjson
+
 from proxy.registry import Deployment
 
 
@@ -48,6 +50,7 @@ class ModelFacts:
         self._litellm: ModuleType | None = None
         self._windows: dict[str, int | None] = {}
         self._prices: dict[str, dict[str, float] | None] = {}
+        self._reasoning: dict[str, bool] = {}
 
     def load(self) -> None:
         """Blocking (seconds): call it from a thread at start-up."""
@@ -62,12 +65,27 @@ class ModelFacts:
             self._windows[deployment.model] = self._litellm_info(deployment.model, "max_input_tokens")
         return self._windows[deployment.model]
 
-    def count_tokens(self, deployment: Deployment, messages: list[dict[str, Any]]) -> int:
+    def count_tokens(self, deployment: Deployment, messages: list[dict[str, Any]],
+                     tools: list[dict[str, Any]] | None = None) -> int:
         """Exact where litellm knows the tokenizer. Blocking and ~5 MB/s: keep it off the event loop."""
         if self._litellm is not None:
             with contextlib.suppress(Exception):  # a model whose tokenizer litellm cannot find
-                return int(self._litellm.token_counter(model=deployment.model, messages=messages))
-        return estimate_tokens(sum(len(message_text(m)) for m in messages), len(messages))
+                return int(self._litellm.token_counter(model=deployment.model, messages=messages,
+                                                       tools=tools))
+        tool_chars = len(orjson.dumps(tools)) if tools else 0
+        return estimate_tokens(sum(len(message_text(m)) for m in messages) + tool_chars, len(messages))
+
+    def supports_reasoning(self, deployment: Deployment) -> bool:
+        """Whether litellm knows the model to take `reasoning_effort`."""
+        if self._litellm is None:
+            return False
+        model = deployment.model
+        if model not in self._reasoning:
+            try:
+                self._reasoning[model] = bool(self._litellm.supports_reasoning(model=model))
+            except Exception:  # not in litellm's map
+                self._reasoning[model] = False
+        return self._reasoning[model]
 
     def cost_usd(self, deployment: Deployment, prompt_tokens: int, completion_tokens: int) -> float:
         rates = self._rates(deployment)

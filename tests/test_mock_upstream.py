@@ -302,6 +302,7 @@ def test_reset_zeroes_counters(mock: _RunningMock) -> None:
         "in_flight": 0,
         "errors_injected": 0,
         "by_marker": {},
+        "anthropic_headers": {},
     }
 
 

@@ -14,7 +14,7 @@ from proxy.api import core
 from proxy.api.deps import IdentityDep, ServicesDep, require_api_key
 from proxy.api.request import ChatRequest, parse_chat_request
 from proxy.api.rlm import ANSWER_DELTA_CHARS, HEARTBEAT, progress_line, summary, with_heartbeats
-from proxy.api.streaming import DONE, SSEResponse, guard_stream, read_body, sse_data
+from proxy.api.streaming import DONE, SSEResponse, chained, guard_stream, read_body, sse_data
 from proxy.rlm.events import Event, RunFinished
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -50,7 +50,7 @@ async def _relay(first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, A
     usage: dict[str, Any] | None = None
     last: dict[str, Any] | None = None
     pending = [first] if first is not None else []
-    async for chunk in _chain(pending, chunks):
+    async for chunk in chained(pending, chunks):
         if chunk.get("usage"):
             usage = chunk["usage"]
         if not chunk.get("choices") or _carries_nothing(chunk):
@@ -71,14 +71,6 @@ async def _relay(first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, A
 def _carries_nothing(chunk: dict[str, Any]) -> bool:
     return all(not choice.get("delta") and not choice.get("finish_reason") and not choice.get("logprobs")
                for choice in chunk["choices"])
-
-
-async def _chain(head: list[dict[str, Any]],
-                 tail: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    for item in head:
-        yield item
-    async for item in tail:
-        yield item
 
 
 def _rlm_completion(run_id: str, model: str, finished: RunFinished) -> dict[str, Any]:

@@ -45,6 +45,13 @@ async def require_api_key(request: Request) -> Identity:
     return (await get_services(request)).keys.check(request.headers.get("authorization"))
 
 
+async def require_api_key_or_x_api_key(request: Request) -> Identity:
+    """The key check of the Anthropic dialect: `x-api-key` (what its SDKs send) or a bearer key."""
+    keys, headers = (await get_services(request)).keys, request.headers
+    return keys.check(headers.get("authorization"), headers.get("x-api-key", ""))
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 # The caller; FastAPI runs the check once per request, however many times it is declared.
 IdentityDep = Annotated[Identity, Depends(require_api_key)]
+AnthropicIdentityDep = Annotated[Identity, Depends(require_api_key_or_x_api_key)]

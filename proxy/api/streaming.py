@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -50,6 +50,14 @@ async def read_body(request: Request) -> bytearray:
     return body
 
 
+async def chained(head: list[T], tail: AsyncIterator[T]) -> AsyncIterator[T]:
+    """The items of `head`, then those of `tail` (a stream whose first items were awaited already)."""
+    for item in head:
+        yield item
+    async for item in tail:
+        yield item
+
+
 def sse_data(payload: Any) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
@@ -78,15 +86,22 @@ class SSEResponse(Response):
             await until_disconnect(receive, pump())
 
 
-async def guard_stream(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Once a stream has started, errors travel inside it: an error event, then [DONE]."""
+def chat_error_events(error: ProxyError) -> list[bytes]:
+    """How an OpenAI-dialect stream ends in an error: the error's data, then [DONE]."""
+    return [sse_data(error.payload()), DONE]
+
+
+async def guard_stream(events: AsyncIterator[bytes],
+                       error_events: Callable[[ProxyError], list[bytes]] = chat_error_events
+                       ) -> AsyncIterator[bytes]:
+    """Once a stream has started, errors travel inside it, as the dialect's `error_events`."""
     try:
         async for event in events:
             yield event
     except ProxyError as error:
-        yield sse_data(error.payload())
-        yield DONE
+        for event in error_events(error):
+            yield event
     except Exception:
         log.exception("error inside a started stream")
-        yield sse_data(internal_error().payload())
-        yield DONE
+        for event in error_events(internal_error()):
+            yield event
