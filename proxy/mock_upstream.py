@@ -491,12 +491,18 @@ class MockApp:
         except _BadRequest as exc:
             await _send_bytes(send, 400, _error_body(str(exc), "invalid_request_error", None), _JSON_HEADERS)
             return True
+        return await self._after_delay(receive, marker,
+                                       lambda watch: self._respond(request, marker, send, watch))
+
+    async def _after_delay(self, receive: Receive, marker: _Marker | None,
+                           answer: Callable[[_DisconnectWatch], Awaitable[bool]]) -> bool:
+        """Wait out the request's latency, then answer; False if the client went away first."""
         watch = _DisconnectWatch(receive)
         try:
             delay = self._delay_seconds(marker)
             if delay > 0 and await watch.sleep(delay):
                 return False
-            return await self._respond(request, marker, send, watch)
+            return await answer(watch)
         finally:
             watch.close()
 
@@ -518,41 +524,39 @@ class MockApp:
             await _send_anthropic_error(send, exc if isinstance(exc, ProxyError) else ProxyError(
                 400, str(exc), code="invalid_request"))
             return True
-        watch = _DisconnectWatch(receive)
-        try:
-            delay = self._delay_seconds(marker)
-            if delay > 0 and await watch.sleep(delay):
-                return False
-            status, window = self._injected_status(marker), self.settings.context_window_tokens
-            if status is not None:
-                self.stats.errors_injected += 1
-                await _send_anthropic_error(send, ProxyError(status, f"Injected error {status}.", code="mock",
-                                                             headers={"retry-after": "0"}))
-                return True
-            if window is not None and request.prompt_tokens > window:
-                message = orjson.loads(_context_error(window, request.prompt_tokens))["error"]["message"]
-                await _send_anthropic_error(send, ProxyError(400, message, code="context_length_exceeded"))
-                return True
-            reply = self.settings.reply if self.settings.reply is not None else self._default_reply(request)
-            completion_id = f"mock-{next(self._ids)}"
-            tool_call = _tool_call(request, f"toolu_mock_{completion_id}") if marker.tool_call else None
-            if not request.stream:
-                completion = orjson.loads(_completion_body(completion_id, request.model, reply,
-                                                           request.prompt_tokens, tool_call))
-                await _send_json(send, 200, anthropic.message_from_completion(completion, request.model))
-                return True
-            chunks = [orjson.loads(event[6:]) for event in self._stream_events(
-                request, marker, reply, completion_id, tool_call) if event != _SSE_DONE]
-            writer = anthropic.MessageStream(f"msg_{completion_id}", request.model)
-            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-            async for event in anthropic.relay_chat_stream(None, _items(chunks), writer):
-                if await watch.disconnected():
-                    return False
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return await self._after_delay(receive, marker,
+                                       lambda watch: self._answer_messages(request, marker, send, watch))
+
+    async def _answer_messages(self, request: _ChatRequest, marker: _Marker, send: Send,
+                               watch: _DisconnectWatch) -> bool:
+        status, window = self._injected_status(marker), self.settings.context_window_tokens
+        if status is not None:
+            self.stats.errors_injected += 1
+            await _send_anthropic_error(send, ProxyError(status, f"Injected error {status}.", code="mock",
+                                                         headers={"retry-after": "0"}))
             return True
-        finally:
-            watch.close()
+        if window is not None and request.prompt_tokens > window:
+            message = orjson.loads(_context_error(window, request.prompt_tokens))["error"]["message"]
+            await _send_anthropic_error(send, ProxyError(400, message, code="context_length_exceeded"))
+            return True
+        reply = self.settings.reply if self.settings.reply is not None else self._default_reply(request)
+        completion_id = f"mock-{next(self._ids)}"
+        tool_call = _tool_call(request, f"toolu_mock_{completion_id}") if marker.tool_call else None
+        if not request.stream:
+            completion = orjson.loads(_completion_body(completion_id, request.model, reply,
+                                                       request.prompt_tokens, tool_call))
+            await _send_json(send, 200, anthropic.message_from_completion(completion, request.model))
+            return True
+        chunks = [orjson.loads(event[6:]) for event in self._stream_events(
+            request, marker, reply, completion_id, tool_call) if event != _SSE_DONE]
+        writer = anthropic.MessageStream(f"msg_{completion_id}", request.model)
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        async for event in anthropic.relay_chat_stream(None, _items(chunks), writer):
+            if await watch.disconnected():
+                return False
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return True
 
     async def _count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await _read_body(receive)
