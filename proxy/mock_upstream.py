@@ -13,7 +13,8 @@ so a test can target a single request::
     [[mock:tool_call]]                   answer with a call of the request's first function tool (its
                                          required arguments filled with placeholders of their types)
 
-A request whose last message is a tool result is answered with ``tool result: <its start>``, so a test can
+A request whose last message is a tool result is answered with ``tool result: <its start>`` (a tool_call
+marker earlier in the conversation then no longer applies), so a test can
 see a tool call's round trip.
 
 Every chat request ends up either ``completed`` (its whole response was sent) or ``cancelled`` (the client
@@ -522,7 +523,9 @@ class MockApp:
             self.stats.errors_injected += 1
         reply = self.settings.reply if self.settings.reply is not None else self._default_reply(request)
         completion_id = f"chatcmpl-mock-{next(self._ids)}"
-        tool_call = _tool_call(request, f"call_mock_{completion_id}") if marker.tool_call else None
+        # A tool's result answers the call: the marker that asked for it then no longer applies.
+        tool_call = _tool_call(request, f"call_mock_{completion_id}") \
+            if marker.tool_call and request.tool_result is None else None
         if request.stream:
             return await self._stream(request, marker, reply, completion_id, send, watch, tool_call)
         if marker.malformed:

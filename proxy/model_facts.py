@@ -48,6 +48,7 @@ class ModelFacts:
         self._litellm: ModuleType | None = None
         self._windows: dict[str, int | None] = {}
         self._prices: dict[str, dict[str, float] | None] = {}
+        self._reasons: dict[str, bool] = {}
 
     def load(self) -> None:
         """Blocking (seconds): call it from a thread at start-up."""
@@ -61,6 +62,15 @@ class ModelFacts:
         if deployment.model not in self._windows:
             self._windows[deployment.model] = self._litellm_info(deployment.model, "max_input_tokens")
         return self._windows[deployment.model]
+
+    def takes_reasoning_effort(self, deployment: Deployment) -> bool:
+        """Whether litellm's model map says the model reasons: other models refuse `reasoning_effort`."""
+        if self._litellm is None:
+            return False
+        if deployment.model not in self._reasons:
+            reasons = self._litellm_info(deployment.model, "supports_reasoning")
+            self._reasons[deployment.model] = reasons is True
+        return self._reasons[deployment.model]
 
     def count_tokens(self, deployment: Deployment, messages: list[dict[str, Any]]) -> int:
         """Exact where litellm knows the tokenizer. Blocking and ~5 MB/s: keep it off the event loop."""
