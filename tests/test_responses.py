@@ -248,3 +248,54 @@ def test_input_items_paging_errors(responses_proxy: Server) -> None:
 def test_missing_key_is_refused(responses_proxy: Server) -> None:
     reply = httpx.post(responses_proxy.url + "/v1/responses", json={"model": "mock", "input": "x"})
     assert reply.status_code == 401
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Native forwarding: a deployment that speaks the Responses API gets the client's body as it is.
+
+
+@pytest.fixture(scope="module")
+def native_proxy(mock_upstream: Mock, start_proxy: StartProxy) -> Server:
+    config = proxy_config(mock_upstream)
+    config["model_list"][0]["model_info"] = {"native_apis": ["responses"]}
+    return start_proxy(config)
+
+
+def test_native_create_and_stream(native_proxy: Server) -> None:
+    raw = client(native_proxy).responses.with_raw_response.create(model="mock", input="native hello")
+    response = raw.parse()
+    assert response.id.startswith("resp_mock_")  # made by the upstream, not bridged by the proxy
+    assert response.output_text == "mock reply: native hello" and raw.headers["x-rlm-mode"] == "direct"
+    with client(native_proxy).responses.stream(model="mock", input="native stream") as stream:
+        types = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert final.id.startswith("resp_mock_") and final.output_text == "mock reply: native stream"
+    assert types[0] == "response.created" and types[-1] == "response.completed"
+    assert client(native_proxy).responses.retrieve(final.id).output_text == "mock reply: native stream"
+
+
+def test_native_conversation_is_expanded_from_the_store(native_proxy: Server) -> None:
+    openai_client = client(native_proxy)
+    first = openai_client.responses.create(model="mock", input="[[mock:tool_call]] native tool",
+                                           tools=[WEATHER_TOOL])
+    (call,) = first.output
+    assert first.id.startswith("resp_mock_") and call.type == "function_call"
+    # The mock stores nothing and refuses previous_response_id: it is answered only if the proxy expands it.
+    second = openai_client.responses.create(
+        model="mock", previous_response_id=first.id, tools=[WEATHER_TOOL],
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "native result"}])
+    assert second.output_text == "tool result: native result"
+    items = openai_client.responses.input_items.list(second.id, order="asc")
+    assert [item.type for item in items.data] == ["message", "function_call", "function_call_output"]
+
+
+def test_native_store_false_and_errors(native_proxy: Server) -> None:
+    openai_client = client(native_proxy)
+    response = openai_client.responses.create(model="mock", input="not kept", store=False)
+    with pytest.raises(openai.NotFoundError):
+        openai_client.responses.retrieve(response.id)
+    with pytest.raises(openai.BadRequestError):
+        openai_client.responses.create(model="mock", input="[[mock:status=400]]")
+    events = list(openai_client.responses.create(model="mock", input="[[mock:stream_error]]", stream=True))
+    assert events[-1].type == "error"
+    assert openai_client.responses.create(model="mock", input="still serving").status == "completed"

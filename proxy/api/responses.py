@@ -91,36 +91,14 @@ def _json(payload: dict[str, Any], headers: dict[str, str]) -> Response:
 
 async def _bridged(events: ResponseEvents, first: dict[str, Any] | None,
                    chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
-    """An upstream chat stream as Responses events (only the first choice: a Response has one answer)."""
-    finish_reason: str | None = None
-    usage: dict[str, Any] | None = None
-
-    def relay(chunk: dict[str, Any]) -> bytes:
-        nonlocal finish_reason, usage
-        usage = chunk.get("usage") or usage
-        out = b""
-        for choice in chunk.get("choices") or []:
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            if delta.get("reasoning_content"):
-                out += events.reasoning(delta["reasoning_content"])
-            if delta.get("content"):
-                out += events.text(delta["content"])
-            for call in delta.get("tool_calls") or []:
-                function = call.get("function") or {}
-                out += events.tool_call(call.get("index", 0), call.get("id"), function.get("name"),
-                                        function.get("arguments") or "")
-            finish_reason = choice.get("finish_reason") or finish_reason
-        return out
-
+    """An upstream chat stream as Responses events."""
     yield events.start()
     if first is not None:
-        yield relay(first)
+        yield events.chat_chunk(first)
     async for chunk in chunks:
-        if out := relay(chunk):
+        if out := events.chat_chunk(chunk):
             yield out
-    yield events.finish(finish_reason, usage)
+    yield events.finish()
 
 
 async def _guarded(events: ResponseEvents, stream: AsyncIterator[bytes],

@@ -50,6 +50,8 @@ class ResponseEvents:
         self._open: _Open | None = None
         self._calls: dict[int, _Open] = {}  # function calls by their chat index, open until the end
         self.response: dict[str, Any] | None = None  # the final Response, once completed
+        self._finish_reason: str | None = None  # of the chat chunks relayed so far
+        self._usage: dict[str, Any] | None = None
 
     def _event(self, kind: str, **fields: Any) -> bytes:
         payload = {"type": kind, "sequence_number": self._sequence, **fields}
@@ -74,6 +76,25 @@ class ResponseEvents:
         return out + self._event("response.output_text.delta", item_id=self._open.item["id"],
                                  output_index=self._open.index, content_index=0, delta=delta, logprobs=[])
 
+    def chat_chunk(self, chunk: dict[str, Any]) -> bytes:
+        """A Chat Completions stream chunk's pieces (only the first choice: a Response has one answer)."""
+        self._usage = chunk.get("usage") or self._usage
+        out = b""
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if delta.get("reasoning_content"):
+                out += self.reasoning(delta["reasoning_content"])
+            if delta.get("content"):
+                out += self.text(delta["content"])
+            for call in delta.get("tool_calls") or []:
+                function = call.get("function") or {}
+                out += self.tool_call(call.get("index", 0), call.get("id"), function.get("name"),
+                                      function.get("arguments") or "")
+            self._finish_reason = choice.get("finish_reason") or self._finish_reason
+        return out
+
     def tool_call(self, index: int, call_id: str | None, name: str | None, arguments: str) -> bytes:
         """A piece of a chat tool call (the first piece carries its id and name)."""
         out = b""
@@ -91,9 +112,11 @@ class ResponseEvents:
         return out + self._event("response.function_call_arguments.delta", item_id=call.item["id"],
                                  output_index=call.index, delta=arguments)
 
-    def finish(self, finish_reason: str | None, usage: dict[str, Any] | None,
+    def finish(self, finish_reason: str | None = None, usage: dict[str, Any] | None = None,
                **extra: Any) -> bytes:
-        """Close every item and end with the whole Response (`extra` joins it, e.g. the `rlm` summary)."""
+        """Close every item and end with the whole Response (`extra` joins it, e.g. the `rlm` summary);
+        the finish reason and usage default to those of the chat chunks relayed."""
+        finish_reason, usage = finish_reason or self._finish_reason, usage or self._usage
         out = self._close_open()
         for call in self._calls.values():
             arguments = "".join(call.text)
