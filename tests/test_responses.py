@@ -299,3 +299,35 @@ def test_native_store_false_and_errors(native_proxy: Server) -> None:
     events = list(openai_client.responses.create(model="mock", input="[[mock:stream_error]]", stream=True))
     assert events[-1].type == "error"
     assert openai_client.responses.create(model="mock", input="still serving").status == "completed"
+
+
+def test_codex_cli_request_as_captured(responses_proxy: Server) -> None:
+    """The body Codex CLI 0.171 sends (wire-notes): ids on input items, a namespace and a web_search tool,
+    reasoning without effort, store false; it needs typed `event:` lines and the item done before
+    `response.completed`."""
+    function = {"type": "function", "name": "view_image", "description": "d", "strict": False,
+                "parameters": {"type": "object", "properties": {"path": {"type": "string"}},
+                               "required": ["path"]}}
+    body = {"model": "mock", "stream": True, "tool_choice": "auto", "parallel_tool_calls": True,
+            "reasoning": {"summary": "auto"}, "store": False, "include": ["reasoning.encrypted_content"],
+            "prompt_cache_key": "session-1", "client_metadata": {"a": "b"},
+            "tools": [function, {"type": "namespace", "name": "multi_agent_v1", "tools": [function]},
+                      {"type": "web_search", "external_web_access": False}],
+            "input": [{"type": "message", "id": "msg_1", "role": "developer",
+                       "content": [{"type": "input_text", "text": "You are Codex."}]},
+                      {"type": "message", "id": "msg_2", "role": "user",
+                       "content": [{"type": "input_text", "text": "<environment_context/>"}]},
+                      {"type": "message", "id": "msg_3", "role": "user",
+                       "content": [{"type": "input_text", "text": "say hi\n"}]}]}
+    with httpx.stream("POST", responses_proxy.url + "/v1/responses", json=body,
+                      headers={"authorization": f"Bearer {MASTER_KEY}",
+                               "accept": "text/event-stream"}) as reply:
+        assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/event-stream")
+        blocks = [block for block in reply.read().split(b"\n\n") if block]
+    names = [block.split(b"\n")[0].removeprefix(b"event: ").decode() for block in blocks]
+    assert names == ["response.created", "response.in_progress", "response.output_item.added",
+                     "response.content_part.added", *["response.output_text.delta"] * 4,
+                     "response.output_text.done", "response.content_part.done", "response.output_item.done",
+                     "response.completed"]
+    done = json.loads(blocks[-2].split(b"data: ")[1])
+    assert done["item"]["content"][0]["text"] == "mock reply: say hi\n"
