@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from proxy.api import chat, health, messages, models, prometheus
+from proxy.api import chat, health, messages, models, prometheus, responses
 from proxy.api.deps import Services
 from proxy.auth import KeyChecker
 from proxy.cache import Cache
@@ -26,6 +26,7 @@ from proxy.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestCont
 from proxy.model_caller import UpstreamCaller
 from proxy.model_facts import ModelFacts
 from proxy.registry import ModelRegistry
+from proxy.response_store import ResponseStore
 from proxy.rlm.engine import RLMEngine
 from proxy.routing import ModeRouter
 from proxy.upstream import Upstream
@@ -55,6 +56,7 @@ def create_app(settings: Settings) -> FastAPI:
         engine=RLMEngine(UpstreamCaller(registry, upstream, facts, cache), sandbox, settings.rlm),
         metrics=metrics,
         cache=cache,
+        responses=ResponseStore(settings.responses, settings.cache),
     )
 
     @asynccontextmanager
@@ -71,11 +73,13 @@ def create_app(settings: Settings) -> FastAPI:
         await services.upstream.aclose()
         if services.cache is not None:
             await services.cache.aclose()
+        await services.responses.aclose()
 
     app = FastAPI(title="rlm-proxy", version="0.1.0", lifespan=lifespan)
     app.state.services = services
     app.include_router(chat.router)
     app.include_router(messages.router)
+    app.include_router(responses.router)
     app.include_router(models.router)
     if settings.server.health_routes:
         app.include_router(health.router)

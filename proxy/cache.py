@@ -70,6 +70,8 @@ class Store(Protocol):
 
     async def set(self, key: str, value: bytes, ttl_s: int) -> None: ...
 
+    async def delete(self, key: str) -> bool: ...
+
     async def ping(self) -> None: ...
 
     async def aclose(self) -> None: ...
@@ -108,6 +110,12 @@ class MemoryStore:
         while self.bytes_used > self._max_bytes or len(self._entries) > self._max_entries:
             self._drop(next(iter(self._entries)))
 
+    async def delete(self, key: str) -> bool:
+        if key not in self._entries:
+            return False
+        self._drop(key)
+        return True
+
     def _drop(self, key: str) -> None:
         _, value = self._entries.pop(key)
         self.bytes_used -= entry_bytes(key, value)
@@ -142,6 +150,9 @@ class RedisStore:
 
     async def set(self, key: str, value: bytes, ttl_s: int) -> None:
         await self._redis.set(key, value, ex=ttl_s)
+
+    async def delete(self, key: str) -> bool:
+        return bool(await self._redis.delete(key))
 
     async def ping(self) -> None:
         await self._redis.ping()

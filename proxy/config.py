@@ -144,6 +144,15 @@ class CacheSettings(_Section):
     enabled: bool = True
 
 
+class ResponsesSettings(_Section):
+    """Stored responses of /v1/responses (retrieve, delete, previous_response_id): in the Redis of
+    `cache.redis_url` when set (every replica sees them), else in a bounded in-process store."""
+
+    store_ttl_s: int = Field(default=30 * 86_400, ge=60, description="how long a stored response is kept")
+    max_stored: int = Field(default=10_000, ge=1, description="in-process store size")
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024, description="in-process store size")
+
+
 class RLMSettings(_Section):
     """RLM mode. The limits are the defaults of every run and the caps a request's `rlm` object may lower."""
 
@@ -195,6 +204,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     cache: CacheSettings = CacheSettings()
+    responses: ResponsesSettings = ResponsesSettings()
     rlm: RLMSettings = RLMSettings()
     sandbox: SandboxSettings = SandboxSettings()
     # Accepted so that a LiteLLM Proxy config file loads unchanged; rlm-proxy does not read them.

@@ -1,4 +1,5 @@
-"""OpenAI-compatible mock model server for tests, benchmarks and local runs.
+"""OpenAI-compatible mock model server for tests, benchmarks and local runs (chat completions, and the
+Responses API over the same answers: proxy/mock_responses.py).
 
 A hand-written ASGI app (no framework) so that it is never the bottleneck of a benchmark. Faults are
 injected either by settings (random error rate, context window) or by a marker in the last user message,
@@ -42,6 +43,7 @@ import uvicorn
 from proxy import mock_policy
 from proxy.dialects import anthropic
 from proxy.errors import ProxyError
+from proxy.mock_responses import ResponsesOverChat
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -423,6 +425,8 @@ class MockApp:
         self._routes: dict[tuple[str, str], Callable[[Receive, Send], Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/chat/completions"): self._chat,
+            ("POST", "/v1/responses"): ResponsesOverChat(self._chat),
+            ("POST", "/responses"): ResponsesOverChat(self._chat),
             ("GET", "/v1/models"): self._models,
             ("GET", "/models"): self._models,
             ("GET", "/mock/stats"): self._stats,

@@ -13,6 +13,7 @@ from proxy.config import Settings
 from proxy.metrics import Metrics
 from proxy.model_facts import ModelFacts
 from proxy.registry import ModelRegistry
+from proxy.response_store import ResponseStore
 from proxy.rlm.engine import RLMEngine
 from proxy.routing import ModeRouter
 from proxy.upstream import Upstream
@@ -31,6 +32,7 @@ class Services:
     engine: RLMEngine
     metrics: Metrics
     cache: Cache | None
+    responses: ResponseStore
     ready: bool = False  # set once start-up work (imports, warm workers) is done
     warm_up_error: str | None = None
 
