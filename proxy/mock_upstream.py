@@ -14,7 +14,8 @@ so a test can target a single request::
                                          required arguments filled with placeholders of their types)
 
 A request whose last message is a tool result is answered with ``tool result: <its start>``, so a test can
-see a tool call's round trip.
+see a tool call's round trip. The scripted RLM root model (``mock_policy``, policy ``tool_call``) may call
+the request's first tool too; ``/mock/stats`` counts the root calls and the other calls that carried tools.
 
 Every chat request ends up either ``completed`` (its whole response was sent) or ``cancelled`` (the client
 disconnected first), so ``requests == completed + cancelled + in_flight`` between resets.
@@ -83,6 +84,8 @@ class MockStats:
     in_flight: int = 0
     errors_injected: int = 0
     by_marker: dict[str, int] = field(default_factory=dict)
+    root_calls_with_tools: int = 0  # RLM root-model calls that offered tools
+    other_calls_with_tools: int = 0  # any other call that offered tools
 
 
 class _BadRequest(Exception):
@@ -171,8 +174,9 @@ def _parse_chat(body: bytes, default_model: str) -> _ChatRequest:
     )
 
 
-def _tool_call(request: _ChatRequest, call_id: str) -> dict[str, Any] | None:
-    """A call of the request's first function tool, or None when it has none."""
+def _tool_call(request: _ChatRequest, call_id: str, value: str | None = None) -> dict[str, Any] | None:
+    """A call of the request's first function tool, or None when it has none. `value` goes in its first
+    required string argument; the other required arguments hold placeholders of their types."""
     if not request.tools:
         return None
     function = request.tools[0]
@@ -182,7 +186,11 @@ def _tool_call(request: _ChatRequest, call_id: str) -> dict[str, Any] | None:
     arguments = {}
     for name in required:
         spec = properties.get(name)
-        arguments[str(name)] = _PLACEHOLDERS.get(spec.get("type")) if isinstance(spec, dict) else None
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind == "string" and value is not None:
+            arguments[str(name)], value = value, None
+        else:
+            arguments[str(name)] = _PLACEHOLDERS.get(kind) if isinstance(kind, str) else None
     return {"id": call_id, "type": "function",
             "function": {"name": str(function.get("name")), "arguments": orjson.dumps(arguments).decode()}}
 
@@ -520,9 +528,18 @@ class MockApp:
         marker = marker or _Marker()
         if marker.malformed or (marker.stream_error and request.stream):
             self.stats.errors_injected += 1
-        reply = self.settings.reply if self.settings.reply is not None else self._default_reply(request)
+        if request.tools:
+            if mock_policy.is_root_call(request.messages):
+                self.stats.root_calls_with_tools += 1
+            else:
+                self.stats.other_calls_with_tools += 1
+        scripted = self.settings.reply if self.settings.reply is not None else self._default_reply(request)
         completion_id = f"chatcmpl-mock-{next(self._ids)}"
-        tool_call = _tool_call(request, f"call_mock_{completion_id}") if marker.tool_call else None
+        call_id = f"call_mock_{completion_id}"
+        if isinstance(scripted, mock_policy.CallTool):
+            reply, tool_call = "", _tool_call(request, call_id, scripted.value)
+        else:
+            reply, tool_call = scripted, _tool_call(request, call_id) if marker.tool_call else None
         if request.stream:
             return await self._stream(request, marker, reply, completion_id, send, watch, tool_call)
         if marker.malformed:
@@ -533,10 +550,10 @@ class MockApp:
         return True
 
     @staticmethod
-    def _default_reply(request: _ChatRequest) -> str:
+    def _default_reply(request: _ChatRequest) -> str | mock_policy.CallTool:
         if request.tool_result is not None:
             return "tool result: " + request.tool_result[:60]
-        scripted = mock_policy.reply(request.messages)
+        scripted = mock_policy.reply(request.messages, tools=bool(request.tools))
         return scripted if scripted is not None else "mock reply: " + request.last_user_text[:60]
 
     def _stream_events(
