@@ -67,6 +67,14 @@ def test_the_root_model_answers_with_a_call_of_the_clients_tool(rlm_proxy: Serve
     assert stats["requests"] >= 2 + int(headers["x-rlm-subcalls"])
 
 
+def test_the_tool_call_comes_through_litellms_backend(mock_upstream: Mock, start_proxy: StartProxy) -> None:
+    proxy = start_proxy(rlm_config(mock_upstream, upstream={"fast_path": False}))
+    completion, headers = create(proxy, tools=[TOOL], extra_headers=NO_CACHE)
+    assert headers["x-rlm-mode"] == "rlm" and completion.choices[0].finish_reason == "tool_calls"
+    [call] = completion.choices[0].message.tool_calls
+    assert_calls_record_answer(call)
+
+
 def test_a_streamed_tool_call_accumulates_in_the_sdks_stream_helper(rlm_proxy: Server) -> None:
     seen: list[httpx.Response] = []
     sdk = client(rlm_proxy, event_hooks={"response": [seen.append]})
