@@ -31,7 +31,8 @@ log = logging.getLogger("rlm_proxy")
 KEY_VERSION = "v1"
 # Parameters that change what a model answers; anything else (user, stream options...) does not.
 OUTPUT_PARAMS = ("temperature", "top_p", "seed", "max_tokens", "max_completion_tokens", "stop",
-                 "frequency_penalty", "presence_penalty", "response_format", "logit_bias", "n")
+                 "frequency_penalty", "presence_penalty", "response_format", "logit_bias", "n",
+                 "tools", "tool_choice", "parallel_tool_calls")
 CacheResult = Literal["hit", "miss", "error"]
 # Per in-process entry beyond its key and value: str and bytes headers, the (expiry, value) tuple, the
 # float, the ordered dict's slot and link (about 230 bytes measured with CPython 3.11).

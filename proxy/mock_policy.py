@@ -18,6 +18,9 @@ question scripts the failure modes the engine must handle:
     never_final   keep writing code until the engine asks for a final answer
     rlm_query     split the context in two and hand each half to a nested run (depth 2)
     early_answer  answer after reading only the start of `context`, then properly once questioned
+    tool_call     when the request offers tools, find the answer, then call the first tool with it
+                  (`CallTool`) instead of answering; once the tool's result is on the context card (a
+                  follow-up request), answer with FINAL(<answer>; tool result: <result>)
     infinite_loop, memory_bomb, output_bomb, swallow_timeout
                   first run hostile code of that kind, then search and answer as usual
 
@@ -49,6 +52,7 @@ _PROMPT_LIMIT = re.compile(r"Sub-model prompt limit: about ([\d,]+) characters")
 _FOUND = re.compile(r"found=(\[.*?\])", re.DOTALL)
 _TOTAL = re.compile(r"total=(\d+)")
 _QUESTION_BLOCK = re.compile(r"<question[^>]*>\n(.*?)\n</question>", re.DOTALL)
+_TOOL_RESULT = re.compile(r"<tool_result[^>]*>\n(.*?)\n</tool_result>", re.DOTALL)
 _TEXT_MARKER = "\n\nText:\n"
 # Room left in each sub-call prompt for the instruction around the chunk.
 _INSTRUCTION_ROOM = 1000
@@ -79,10 +83,22 @@ class Message:
     text: str
 
 
-def reply(messages: list[Message]) -> str | None:
-    """The scripted answer, or None when the request is neither an RLM root call nor a task question."""
-    if messages and messages[0].role == "system" and ROOT_MARKER in messages[0].text:
-        return _root_reply(messages)
+@dataclass(frozen=True)
+class CallTool:
+    """A reply that calls the request's first tool, `value` in its first required string argument."""
+
+    value: str
+
+
+def is_root_call(messages: list[Message]) -> bool:
+    return bool(messages) and messages[0].role == "system" and ROOT_MARKER in messages[0].text
+
+
+def reply(messages: list[Message], tools: bool = False) -> str | CallTool | None:
+    """The scripted answer, or None when the request is neither an RLM root call nor a task question.
+    `tools`: the request offers tools the model may call."""
+    if is_root_call(messages):
+        return _root_reply(messages, tools)
     return _plain_reply(messages[-1].text if messages else "")
 
 
@@ -117,11 +133,11 @@ class _Task:
     subcalls: bool  # False in the code-only ablation (no llm_query in the system prompt)
 
 
-def _root_reply(messages: list[Message]) -> str:
+def _root_reply(messages: list[Message], tools: bool) -> str | CallTool:
     task = _task(messages)
     turn = sum(1 for m in messages if m.role == "assistant")
     last = messages[-1].text
-    card = next((m.text for m in messages if m.role == "user"), "")
+    card = _card(messages)
     if (injected := _EXEC_TAG.search(card)) is not None:
         return _exec_then_echo(injected.group(1), turn, last)
     if task is None:
@@ -130,12 +146,19 @@ def _root_reply(messages: list[Message]) -> str:
         return f"FINAL({_best_answer(task, messages) or 'no answer found before the limit'})"
     if task.policy == "never_final":
         return f"Still looking.\n```repl\nprint('pass {turn}', len(context))\n```"
+    if task.policy == "tool_call":
+        return _tool_call(task, turn, messages, tools)
     script = _SCRIPTS.get(task.policy or "", _standard)
     return script(task, turn, messages)
 
 
+def _card(messages: list[Message]) -> str:
+    """The description of `context`: the root conversation's first user message."""
+    return next((m.text for m in messages if m.role == "user"), "")
+
+
 def _task(messages: list[Message]) -> _Task | None:
-    card = next((m.text for m in messages if m.role == "user"), "")
+    card = _card(messages)
     question_block = _QUESTION_BLOCK.search(card)
     question = question_block.group(1) if question_block else card
     policy = _POLICY_TAG.search(question)
@@ -311,6 +334,16 @@ def _exec_then_echo(encoded: str, turn: int, last: str) -> str:
     except (binascii.Error, UnicodeDecodeError):
         return "FINAL(the [[exec:...]] tag does not hold base64 of UTF-8 code)"
     return _code(code if code.endswith("\n") else code + "\n", "Running the injected code.")
+
+
+def _tool_call(task: _Task, turn: int, messages: list[Message], tools: bool) -> str | CallTool:
+    if turn == 0:
+        return _code(_search_code(task))
+    found = _best_answer(task, messages) or NOT_FOUND
+    result = _TOOL_RESULT.search(_card(messages))
+    if result is not None:
+        return f"FINAL({found}; tool result: {result.group(1)})"
+    return CallTool(found) if tools else f"FINAL({found})"
 
 
 _BOMBS = {

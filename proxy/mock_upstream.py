@@ -20,7 +20,8 @@ dialect, markers and scripted policy included; the `anthropic-*` and `x-api-key`
 request are kept in the stats, so a test can see what a proxy forwarded.
 
 A request whose last message is a tool result is answered with ``tool result: <its start>``, so a test can
-see a tool call's round trip.
+see a tool call's round trip. The scripted RLM root model (``mock_policy``, policy ``tool_call``) may call
+the request's first tool too; ``/mock/stats`` counts the root calls and the other calls that carried tools.
 
 Every chat request ends up either ``completed`` (its whole response was sent) or ``cancelled`` (the client
 disconnected first), so ``requests == completed + cancelled + in_flight`` between resets.
@@ -93,6 +94,8 @@ class MockStats:
     errors_injected: int = 0
     by_marker: dict[str, int] = field(default_factory=dict)
     anthropic_headers: dict[str, str] = field(default_factory=dict)  # of the last /v1/messages request
+    root_calls_with_tools: int = 0  # RLM root-model calls that offered tools
+    other_calls_with_tools: int = 0  # any other call that offered tools
 
 
 class _BadRequest(Exception):
@@ -181,9 +184,10 @@ def _parse_chat(body: bytes, default_model: str) -> _ChatRequest:
     )
 
 
-def _tool_call(request: _ChatRequest, call_id: str) -> dict[str, Any] | None:
+def _tool_call(request: _ChatRequest, call_id: str, value: str | None = None) -> dict[str, Any] | None:
     """A call of the request's first function tool, or None when it has none or the conversation is already
-    answering one (so a marked question may stay in the history of a tool round trip)."""
+    answering one (so a marked question may stay in the history of a tool round trip). `value` goes in its
+    first required string argument; the other required arguments hold placeholders of their types."""
     if not request.tools or request.tool_result is not None:
         return None
     function = request.tools[0]
@@ -193,7 +197,11 @@ def _tool_call(request: _ChatRequest, call_id: str) -> dict[str, Any] | None:
     arguments = {}
     for name in required:
         spec = properties.get(name)
-        arguments[str(name)] = _PLACEHOLDERS.get(spec.get("type")) if isinstance(spec, dict) else None
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind == "string" and value is not None:
+            arguments[str(name)], value = value, None
+        else:
+            arguments[str(name)] = _PLACEHOLDERS.get(kind) if isinstance(kind, str) else None
     return {"id": call_id, "type": "function",
             "function": {"name": str(function.get("name")), "arguments": orjson.dumps(arguments).decode()}}
 
@@ -543,9 +551,8 @@ class MockApp:
             message = orjson.loads(_context_error(window, request.prompt_tokens))["error"]["message"]
             await _send_anthropic_error(send, ProxyError(400, message, code="context_length_exceeded"))
             return True
-        reply = self.settings.reply if self.settings.reply is not None else self._default_reply(request)
         completion_id = f"mock-{next(self._ids)}"
-        tool_call = _tool_call(request, f"toolu_mock_{completion_id}") if marker.tool_call else None
+        reply, tool_call = self._reply(request, marker, f"toolu_mock_{completion_id}")
         if not request.stream:
             completion = orjson.loads(_completion_body(completion_id, request.model, reply,
                                                        request.prompt_tokens, tool_call))
@@ -614,9 +621,8 @@ class MockApp:
         marker = marker or _Marker()
         if marker.malformed or (marker.stream_error and request.stream):
             self.stats.errors_injected += 1
-        reply = self.settings.reply if self.settings.reply is not None else self._default_reply(request)
         completion_id = f"chatcmpl-mock-{next(self._ids)}"
-        tool_call = _tool_call(request, f"call_mock_{completion_id}") if marker.tool_call else None
+        reply, tool_call = self._reply(request, marker, f"call_mock_{completion_id}")
         if request.stream:
             return await self._stream(request, marker, reply, completion_id, send, watch, tool_call)
         if marker.malformed:
@@ -626,11 +632,23 @@ class MockApp:
             await _send_bytes(send, 200, body, _JSON_HEADERS)
         return True
 
+    def _reply(self, request: _ChatRequest, marker: _Marker, call_id: str) -> tuple[str, dict[str, Any] | None]:
+        """The answer's text and tool call, in either dialect."""
+        if request.tools:
+            if mock_policy.is_root_call(request.messages):
+                self.stats.root_calls_with_tools += 1
+            else:
+                self.stats.other_calls_with_tools += 1
+        scripted = self.settings.reply if self.settings.reply is not None else self._default_reply(request)
+        if isinstance(scripted, mock_policy.CallTool):
+            return "", _tool_call(request, call_id, scripted.value)
+        return scripted, _tool_call(request, call_id) if marker.tool_call else None
+
     @staticmethod
-    def _default_reply(request: _ChatRequest) -> str:
+    def _default_reply(request: _ChatRequest) -> str | mock_policy.CallTool:
         if request.tool_result is not None:
             return "tool result: " + request.tool_result[:60]
-        scripted = mock_policy.reply(request.messages)
+        scripted = mock_policy.reply(request.messages, tools=bool(request.tools))
         return scripted if scripted is not None else "mock reply: " + request.last_user_text[:60]
 
     def _stream_events(

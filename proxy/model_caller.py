@@ -38,15 +38,20 @@ class UpstreamCaller:
 
         key = cache_key(CACHE_NAMESPACE, model, messages, params, cache.scope)
         value, hit = await self._cache.fetch(key, cache, produce)
-        return replace(ModelReply(**orjson.loads(value)), cached=hit)
+        stored = orjson.loads(value)
+        # JSON has no tuples: the calls come back as a list.
+        return replace(ModelReply(**stored), tool_calls=tuple(stored.get("tool_calls", ())), cached=hit)
 
     async def _call(self, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> ModelReply:
         deployment = self._registry.resolve(model)
         response = await self._upstream.complete(deployment, {"model": model, "messages": messages, **params})
         prompt_tokens, completion_tokens = usage_tokens(response.get("usage"))
-        return ModelReply(text=_reply_text(response), prompt_tokens=prompt_tokens,
+        message = _reply_message(response)
+        content = message.get("content")
+        return ModelReply(text=content if isinstance(content, str) else "", prompt_tokens=prompt_tokens,
                           completion_tokens=completion_tokens,
-                          cost_usd=self._facts.cost_usd(deployment, prompt_tokens, completion_tokens))
+                          cost_usd=self._facts.cost_usd(deployment, prompt_tokens, completion_tokens),
+                          tool_calls=_tool_calls(message.get("tool_calls")))
 
     def prompt_limit_chars(self, model: str) -> int | None:
         try:
@@ -70,9 +75,29 @@ class UpstreamCaller:
         return None
 
 
-def _reply_text(response: dict[str, Any]) -> str:
+def _reply_message(response: dict[str, Any]) -> dict[str, Any]:
     try:
-        content = response["choices"][0]["message"].get("content")
-    except (KeyError, IndexError, TypeError, AttributeError):
+        message = response["choices"][0]["message"]
+    except (KeyError, IndexError, TypeError):
         raise malformed_error("no choices[0].message in the completion") from None
-    return content if isinstance(content, str) else ""
+    if not isinstance(message, dict):
+        raise malformed_error("choices[0].message is not an object")
+    return message
+
+
+def _tool_calls(calls: Any) -> tuple[dict[str, Any], ...]:
+    """The reply's function calls in Chat Completions form, without the extras providers add (`index`)."""
+    if calls is None:
+        return ()
+    if not isinstance(calls, list):
+        raise malformed_error("choices[0].message.tool_calls is not a list")
+    normal = []
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not all(
+                isinstance(value, str) for value in (call.get("id"), function.get("name"),
+                                                     function.get("arguments"))):
+            raise malformed_error("a tool call without a string id, function name and arguments")
+        normal.append({"id": call["id"], "type": "function",
+                       "function": {"name": function["name"], "arguments": function["arguments"]}})
+    return tuple(normal)

@@ -14,6 +14,7 @@ import openai
 import pytest
 import uvicorn
 
+from proxy import mock_policy
 from proxy.mock_upstream import MockSettings, build_mock_app
 
 CONTEXT_WINDOW = 2000
@@ -303,6 +304,8 @@ def test_reset_zeroes_counters(mock: _RunningMock) -> None:
         "errors_injected": 0,
         "by_marker": {},
         "anthropic_headers": {},
+        "root_calls_with_tools": 0,
+        "other_calls_with_tools": 0,
     }
 
 
@@ -376,3 +379,39 @@ def test_tool_call_marker_without_tools_answers_in_text(mock: _RunningMock) -> N
         model="m", messages=[{"role": "user", "content": "hi [[mock:tool_call]]"}])
     assert completion.choices[0].finish_reason == "stop"
     assert completion.choices[0].message.content.startswith("mock reply: hi")
+
+
+def _root_messages(question: str, tool_result: str | None = None) -> list[dict[str, str]]:
+    """The first root-model call of an RLM run over a short `context`, as the engine makes it."""
+    card = f"Your context is a str of 500 characters.\n\n<question chars=\"10\">\n{question}\n</question>"
+    if tool_result is not None:
+        card += f"\n\n<tool_result chars=\"10\">\n{tool_result}\n</tool_result>"
+    return [{"role": "system", "content": mock_policy.ROOT_MARKER + ". llm_query(...) is available."},
+            {"role": "user", "content": card}]
+
+
+def _after_search(messages: list[dict[str, str]], found: str) -> list[dict[str, str]]:
+    return [*messages, {"role": "assistant", "content": "```repl\n...\n```"},
+            {"role": "user", "content": f"Block 1 of 1 (ok):\n```text\nchunks=1 found=['{found}']\n```"}]
+
+
+_NEEDLE_QUESTION = ("What is the special magic number for k mentioned in the provided text? "
+                    "[[policy:tool_call]]")
+
+
+def test_the_scripted_root_calls_the_first_tool_with_what_it_found(mock: _RunningMock) -> None:
+    messages: Any = _after_search(_root_messages(_NEEDLE_QUESTION), "777")
+    completion = mock.sdk().chat.completions.create(model="m", messages=messages, tools=[_WEATHER_TOOL])
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    [call] = choice.message.tool_calls or []
+    assert json.loads(call.function.arguments) == {"city": "777", "days": 1}
+    # Without tools it answers as usual; with the tool's result on the card it uses it.
+    plain = mock.sdk().chat.completions.create(model="m", messages=messages)
+    assert plain.choices[0].message.content == "FINAL(777)"
+    follow_up: Any = _after_search(_root_messages(_NEEDLE_QUESTION, "sunny"), "777")
+    answered = mock.sdk().chat.completions.create(model="m", messages=follow_up, tools=[_WEATHER_TOOL])
+    assert answered.choices[0].message.content == "FINAL(777; tool result: sunny)"
+    mock.chat("a plain call", tools=[_WEATHER_TOOL])
+    stats = mock.stats()
+    assert (stats["root_calls_with_tools"], stats["other_calls_with_tools"]) == (2, 1)

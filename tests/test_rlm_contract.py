@@ -25,6 +25,10 @@ REFUSED = [
     ("tool_choice named", {"tools": TOOLS, "tool_choice": NAMED}, "tool_choice", "unsupported_value"),
     ("function_call named", {"functions": FUNCTIONS, "function_call": {"name": "lookup"}}, "function_call",
      "unsupported_value"),
+    ("legacy functions", {"functions": FUNCTIONS, "function_call": "auto"}, "functions",
+     "unsupported_parameter"),
+    ("custom tool", {"tools": [{"type": "custom", "custom": {"name": "sql"}}]}, "tools[0].type",
+     "unsupported_value"),
     ("logprobs", {"logprobs": True}, "logprobs", "unsupported_value"),
     ("top_logprobs", {"top_logprobs": 3}, "top_logprobs", "unsupported_parameter"),
     ("json_object", {"response_format": {"type": "json_object"}}, "response_format", "unsupported_value"),
@@ -32,12 +36,12 @@ REFUSED = [
     ("audio modality", {"modalities": ["text", "audio"]}, "modalities", "unsupported_value"),
     ("audio", {"audio": {"voice": "alloy", "format": "wav"}}, "audio", "unsupported_parameter"),
 ]
-# What RLM mode honours or ignores by design: a prose answer is a legitimate "no tool call".
+# What RLM mode honours or ignores by design: a root model may answer without calling the client's tools.
 ACCEPTED = [
     ("tools auto", {"tools": TOOLS, "tool_choice": "auto"}),
     ("tools without tool_choice", {"tools": TOOLS}),
     ("tool_choice none", {"tools": TOOLS, "tool_choice": "none"}),
-    ("function_call auto", {"functions": FUNCTIONS, "function_call": "auto"}),
+    ("functions not to call", {"functions": FUNCTIONS, "function_call": "none"}),
     ("n 1, logprobs false, text format", {"n": 1, "logprobs": False, "response_format": {"type": "text"}}),
     ("text modality", {"modalities": ["text"]}),
     ("sampling and ignored fields", {"temperature": 0.2, "top_p": 0.9, "seed": 7, "user": "u-1",

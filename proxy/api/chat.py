@@ -74,11 +74,31 @@ def _carries_nothing(chunk: dict[str, Any]) -> bool:
 
 
 def _rlm_completion(run_id: str, model: str, finished: RunFinished) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": finished.answer}
+    if finished.tool_calls:  # as OpenAI answers a call: content null unless the model also wrote text
+        message = {"role": "assistant", "content": finished.answer or None, "tool_calls": finished.tool_calls}
     return {"id": f"chatcmpl-rlm-{run_id}", "object": "chat.completion", "created": int(time.time()),
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": finished.answer},
-                         "logprobs": None, "finish_reason": finished.finish_reason}],
+            "choices": [{"index": 0, "message": message, "logprobs": None,
+                         "finish_reason": finished.finish_reason}],
             "usage": finished.stats.usage(), "rlm": summary(run_id, finished)}
+
+
+def _pieces(text: str) -> list[str]:
+    return [text[start:start + ANSWER_DELTA_CHARS] for start in range(0, len(text), ANSWER_DELTA_CHARS)]
+
+
+def _tool_call_deltas(calls: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
+    """Calls streamed as OpenAI streams them: each one's id, type and name with empty arguments, then its
+    arguments in pieces."""
+    deltas = []
+    for index, call in enumerate(calls):
+        function = call["function"]
+        deltas.append({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                                       "function": {"name": function["name"], "arguments": ""}}]})
+        deltas.extend({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+                      for piece in _pieces(function["arguments"]))
+    return deltas
 
 
 async def _rlm_chunks(run: core.RLMRun, chat: ChatRequest, heartbeat_s: float) -> AsyncIterator[bytes]:
@@ -98,9 +118,9 @@ async def _rlm_chunks(run: core.RLMRun, chat: ChatRequest, heartbeat_s: float) -
         if event is None:
             yield HEARTBEAT
         elif isinstance(event, RunFinished):
-            answer = event.answer
-            for start in range(0, len(answer), ANSWER_DELTA_CHARS):
-                yield chunk({"content": answer[start:start + ANSWER_DELTA_CHARS]})
+            for delta in [{"content": piece} for piece in _pieces(event.answer)] + _tool_call_deltas(
+                    event.tool_calls):
+                yield chunk(delta)
             yield chunk({}, event.finish_reason)
             if chat.include_usage:
                 yield sse_data({**base, "choices": [], "usage": event.stats.usage(),

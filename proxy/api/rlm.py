@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.api.request import ChatRequest
+from proxy.api.rlm_tools import client_tools
 from proxy.cache import CachePolicy
 from proxy.config import RLMSettings
 from proxy.errors import ProxyError, invalid_request
@@ -47,14 +48,18 @@ def _forces_a_tool(choice: Any) -> bool:
     return choice not in ("auto", "none")
 
 
-# An RLM answer is one text that the root model gives through FINAL(...): no second choice, no tool
-# call, no token log-probabilities, no guaranteed JSON, no audio. (README, "RLM mode": what is used,
+# An RLM answer is one text that the root model gives through FINAL(...), or calls of the client's tools
+# that it chose to make: no second choice, no forced tool call (the root model must be free to write code
+# first), no token log-probabilities, no guaranteed JSON, no audio. (README, "RLM mode": what is used,
 # ignored and refused.)
 _UNSUPPORTED = (
     _Unsupported("n", lambda n: n != 1 or isinstance(n, bool), "it gives exactly one choice ('n' must be 1)"),
-    _Unsupported("tool_choice", _forces_a_tool, "it cannot call tools (only 'auto' and 'none' are possible)"),
+    _Unsupported("tool_choice", _forces_a_tool,
+                 "its root model must be free to work with code before it calls a tool (only 'auto' and "
+                 "'none' are possible)"),
     _Unsupported("function_call", lambda call: call not in ("auto", "none"),
-                 "it cannot call functions (only 'auto' and 'none' are possible)"),
+                 "its root model must be free to work with code before it calls a function (only 'auto' and "
+                 "'none' are possible)"),
     _Unsupported("logprobs", bool, "it has no token log-probabilities"),
     _Unsupported("top_logprobs", bool, "it has no token log-probabilities", code="unsupported_parameter"),
     _Unsupported("response_format", lambda spec: not isinstance(spec, dict) or spec.get("type") != "text",
@@ -92,7 +97,7 @@ def run_request(chat: ChatRequest, model: str, settings: RLMSettings, cache: Cac
     )
     return RunRequest(messages=chat.messages, root_model=settings.root_model or model,
                       sub_model=options.sub_model or settings.sub_model or model, limits=limits,
-                      root_params=chat.body, cache=cache)
+                      root_params=chat.body, cache=cache, tools=client_tools(chat.body))
 
 
 async def last_event(events: AsyncIterator[Event]) -> RunFinished:

@@ -53,6 +53,38 @@ class ModelReply:
     completion_tokens: int
     cost_usd: float
     cached: bool = False  # served from the cache: tokens and cost were consumed before, not now
+    # Calls of the client's tools, in Chat Completions form (only root calls offer tools).
+    tool_calls: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class ClientTools:
+    """The client's function tools, offered to the root model at the top level of a run: a reply that
+    calls them ends the run, and the client runs the calls."""
+
+    tools: tuple[dict[str, Any], ...]  # Chat Completions `tools` entries
+    choice: str | dict[str, Any] | None = None  # `tool_choice`: absent, "auto" or allowed_tools in auto mode
+    parallel: bool | None = None  # `parallel_tool_calls`
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(str(tool["function"].get("name")) for tool in self.tools)
+
+    def params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {"tools": list(self.tools)}
+        if self.choice is not None:
+            params["tool_choice"] = self.choice
+        if self.parallel is not None:
+            params["parallel_tool_calls"] = self.parallel
+        return params
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """How a run at one depth ended: a text, or (top level only) calls of the client's tools."""
+
+    text: str
+    tool_calls: tuple[dict[str, Any], ...] = ()
 
 
 class ModelCaller(Protocol):
@@ -76,6 +108,7 @@ class RunRequest:
     limits: RunLimits
     cache: CachePolicy
     root_params: dict[str, Any] = field(default_factory=dict)
+    tools: ClientTools | None = None  # None: the root model answers in text only
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
@@ -132,19 +165,21 @@ class RLMEngine:
         run.stats.duration_s = time.monotonic() - started
         run.stats.subcalls = run.budget.subcalls
         run.stats.cost_usd = run.budget.cost_usd
-        return RunFinished(answer=answer, finish_reason="stop" if stopped is None else "length",
-                           stopped=stopped, stats=run.stats)
+        finish_reason = "tool_calls" if answer.tool_calls else "stop" if stopped is None else "length"
+        return RunFinished(answer=answer.text, finish_reason=finish_reason, stopped=stopped, stats=run.stats,
+                           tool_calls=answer.tool_calls)
 
     async def _solve(self, run: _Run, run_input: prompts.RunInput, depth: int,
-                     deadline: float | None) -> tuple[str, Limit | None]:
+                     deadline: float | None) -> tuple[_Answer, Limit | None]:
         """One RLM run at `depth` on its own worker. Only the top level owns the deadline: a timeout
         unwinds nested runs to the top, which asks for the final answer."""
         limits = run.request.limits
         sub_chars = self._caller.prompt_limit_chars(run.request.sub_model) if limits.max_subcalls else None
+        tools = run.request.tools if depth == 1 else None  # a nested run answers the code, not the client
         settings = prompts.PromptSettings(
             max_iterations=limits.max_iterations, max_output_chars=self._settings.max_output_chars,
             subcalls=limits.max_subcalls > 0, nested_rlm=limits.max_subcalls > 0 and depth < limits.max_depth,
-            sub_prompt_chars=sub_chars)
+            sub_prompt_chars=sub_chars, client_tools=tools.names if tools else ())
         conversation = _Conversation(
             prompts.system_prompt(settings, self._settings.system_prompt),
             prompts.context_card(run_input, sub_chars),
@@ -154,7 +189,7 @@ class RLMEngine:
             stopped: Limit | None
             try:
                 async with asyncio.timeout_at(deadline):
-                    answer = await self._iterate(run, conversation, session, run_input, depth)
+                    answer = await self._iterate(run, conversation, session, run_input, depth, tools)
                 if answer is not None:
                     return answer, None
                 stopped = run.budget.exhausted or "max_iterations"
@@ -162,14 +197,14 @@ class RLMEngine:
                 stopped = "timeout_s"
             try:
                 async with asyncio.timeout(self._settings.final_answer_timeout_s):
-                    return await self._final_request(run, conversation, session, stopped), stopped
+                    return _Answer(await self._final_request(run, conversation, session, stopped)), stopped
             except TimeoutError:
                 raise FinalAnswerTimeout(stopped, self._settings.final_answer_timeout_s) from None
         finally:
             await session.close()
 
     async def _iterate(self, run: _Run, conversation: _Conversation, session: SandboxSession,
-                       run_input: prompts.RunInput, depth: int) -> str | None:
+                       run_input: prompts.RunInput, depth: int, tools: ClientTools | None) -> _Answer | None:
         """The answer, or None when a limit stopped the loop first."""
         limits = run.request.limits
         handler = _SubcallHandler(self, self._caller, run, depth)
@@ -179,10 +214,16 @@ class RLMEngine:
                 return None
             run.emit(IterationStarted(iteration=iteration, depth=depth))
             run.stats.iterations += 1
-            reply = await self._root_call(run, conversation.messages())
-            conversation.add("assistant", reply)
-            parsed = parse_reply(reply)
-            reports, notes, answer = [], [], None
+            reply = await self._root_call(run, conversation.messages(), tools)
+            conversation.add("assistant", reply.text)
+            parsed = parse_reply(reply.text)
+            if reply.tool_calls and not parsed.code_blocks:
+                return _Answer(reply.text.strip(), reply.tool_calls)
+            reports: list[prompts.BlockReport] = []
+            notes: list[str] = []
+            answer: str | None = None
+            if reply.tool_calls:  # its arguments could not depend on output it had not seen: not sent
+                notes.append(prompts.note_tool_calls_before_output(reply.tool_calls))
             for number, code in enumerate(parsed.code_blocks, 1):
                 result = await session.execute(code, handler)
                 run.stats.blocks += 1
@@ -211,7 +252,7 @@ class RLMEngine:
                 run.stats.coverage = max(run.stats.coverage, coverage)
             if answer is not None:
                 if questioned or coverage >= self._settings.min_coverage_to_answer:
-                    return answer
+                    return _Answer(answer)
                 questioned = True
                 notes.append(prompts.coverage_check(coverage))
             conversation.add("user", prompts.feedback(reports, notes, coverage, iteration,
@@ -221,7 +262,8 @@ class RLMEngine:
     async def _final_request(self, run: _Run, conversation: _Conversation, session: SandboxSession,
                              limit: Limit) -> str:
         conversation.add("user", prompts.FINAL_REQUEST.format(limit=limit))
-        reply = await self._root_call(run, conversation.messages())
+        # Without tools: a run stopped by a limit ends in its best text answer, never in a tool call.
+        reply = (await self._root_call(run, conversation.messages(), None)).text
         parsed = parse_reply(reply)
         if parsed.final_variable is not None:
             value, _ = await session.resolve_variable(parsed.final_variable)
@@ -231,12 +273,15 @@ class RLMEngine:
             return parsed.final_answer
         return answer_without_protocol(reply)
 
-    async def _root_call(self, run: _Run, messages: list[dict[str, str]]) -> str:
+    async def _root_call(self, run: _Run, messages: list[dict[str, str]],
+                         tools: ClientTools | None) -> ModelReply:
         params = {k: run.request.root_params[k] for k in ROOT_PARAMS if k in run.request.root_params}
+        if tools is not None:
+            params |= tools.params()
         reply = await self._caller.complete(run.request.root_model, messages, params, run.request.cache)
         run.stats.record(reply)
         run.budget.spend(0.0 if reply.cached else reply.cost_usd)
-        return reply.text
+        return reply
 
     async def subcall(self, run: _Run, model: str, prompt: str, reserved_usd: float) -> str:
         async with run.subcalls:
@@ -261,7 +306,7 @@ class RLMEngine:
             run_input = prompts.RunInput(context, prompt, None)
         run.stats.max_depth = max(run.stats.max_depth, depth)
         answer, _ = await self._solve(run, run_input, depth, deadline=None)
-        return answer
+        return answer.text
 
 
 class _SubcallHandler:

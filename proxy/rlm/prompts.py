@@ -66,6 +66,15 @@ SUBCALL_ADVICE = """\
 when absent), check their answers in code, and say which chunk an answer came from.
 """
 
+CLIENT_TOOLS = """
+The client that sent this request also offers you its own tools, which you may call the way you call \
+tools natively (not from the REPL): {names}. Call one only when the task needs something that only the \
+client can do or know (its files, its commands, its user); everything about `context` you do with code. \
+A tool call ends this run: the client runs it, and its result comes back in the conversation of a later \
+request, which you will then see in `context`. Never call a tool in the same reply as code: such a call \
+is not made. When the task does not need a tool, answer with FINAL as usual.
+"""
+
 FINAL_REQUEST = """\
 The run has reached its limit ({limit}). Do not write any more code. Give your best final answer now, \
 from what you have found so far, as FINAL(your answer) on a line of its own."""
@@ -78,11 +87,16 @@ class PromptSettings:
     subcalls: bool  # False for the code-only ablation: no llm_query at all
     nested_rlm: bool  # rlm_query starts a nested run (depth left)
     sub_prompt_chars: int | None  # what one llm_query prompt may hold, when known
+    client_tools: tuple[str, ...] = ()  # names of the client's tools the root model may call
 
 
 def system_prompt(settings: PromptSettings, override: str | None = None) -> str:
-    if override:
-        return override
+    """The protocol (or the operator's own prompt), and what the client's tools are for when it has some."""
+    tools = CLIENT_TOOLS.format(names=", ".join(settings.client_tools)) if settings.client_tools else ""
+    return (override or _protocol(settings)) + tools
+
+
+def _protocol(settings: PromptSettings) -> str:
     if settings.sub_prompt_chars is not None:
         limit = (f"Each prompt may hold up to {settings.sub_prompt_chars:,} characters; longer ones come "
                  "back as an \"Error: ...\" string.")
@@ -109,6 +123,7 @@ class RunInput:
     context: str | list[dict[str, str]]
     question: str  # the final user message (where questions usually are)
     system: str | None  # a short system message, shown as is
+    tool_results: tuple[str, ...] = ()  # results of tool calls that follow the final user message
 
     @property
     def total_chars(self) -> int:
@@ -119,14 +134,27 @@ class RunInput:
 
 def build_input(messages: list[dict[str, Any]]) -> RunInput:
     """One user message (with or without system messages) becomes a `str`; anything else a `list`."""
-    texts = [(str(m.get("role")), message_text(m)) for m in messages]
+    texts = [(str(m.get("role")), _text_with_tool_calls(m)) for m in messages]
     users = [text for role, text in texts if role == "user"]
     systems = [text for role, text in texts if role in ("system", "developer")]
     question = users[-1] if users else texts[-1][1]
+    last_user = max((i for i, (role, _) in enumerate(texts) if role == "user"), default=-1)
+    results = tuple(text for role, text in texts[last_user + 1:] if role == "tool")
     system = "\n\n".join(systems) if systems and sum(map(len, systems)) <= MAX_SYSTEM_CHARS else None
     if len(users) == 1 and len(users) + len(systems) == len(texts):
         return RunInput(users[0], question, system)
-    return RunInput([{"role": role, "content": text} for role, text in texts], question, system)
+    return RunInput([{"role": role, "content": text} for role, text in texts], question, system, results)
+
+
+def _text_with_tool_calls(message: dict[str, Any]) -> str:
+    """A message's text; an assistant's calls of the client's tools are written out after it, so that the
+    root model sees what was called when the results come back."""
+    calls = message.get("tool_calls") if message.get("role") == "assistant" else None
+    functions = [(call, call["function"]) for call in (calls if isinstance(calls, list) else ())
+                 if isinstance(call, dict) and isinstance(call.get("function"), dict)]
+    written = [f"[called tool {function.get('name')} with arguments {function.get('arguments')} "
+               f"(call id {call.get('id')})]" for call, function in functions]
+    return "\n".join([text, *written] if (text := message_text(message)) else written)
 
 
 def preview(text: str, chars: int = PREVIEW_CHARS) -> str:
@@ -154,6 +182,11 @@ def context_card(run_input: RunInput, sub_prompt_chars: int | None) -> str:
         parts.append(f"System instructions for the answer:\n<system>\n{run_input.system}\n</system>")
     parts.append(f"{where}\n<question chars=\"{len(run_input.question):,}\">\n{preview(run_input.question)}\n"
                  "</question>")
+    if run_input.tool_results:
+        results = "\n".join(f"<tool_result chars=\"{len(result):,}\">\n{preview(result)}\n</tool_result>"
+                            for result in run_input.tool_results)
+        parts.append("The conversation ends with the results of the client's tools, called for this question "
+                     f"(the last messages of `context`, role 'tool'):\n{results}")
     parts.append("Your code has not read any of `context` yet. Start by exploring it in a ```repl block.")
     return "\n\n".join(parts)
 
@@ -197,6 +230,12 @@ NOTE_WORKER_LOST = "The REPL was restarted: all your variables are gone; `contex
 def note_other_languages(languages: list[str]) -> str:
     return (f"Only ```repl blocks run; your {', '.join(sorted(set(languages)))} block(s) did not. "
             "Use ```repl.")
+
+
+def note_tool_calls_before_output(calls: tuple[dict[str, Any], ...]) -> str:
+    names = ", ".join(str(call["function"]["name"]) for call in calls)
+    return (f"Your reply also called {names} before seeing this output, so the call was not made. If the "
+            "output confirms it is needed, call it again in a reply without code.")
 
 
 def note_missing_variable(name: str, problem: str | None = None) -> str:
