@@ -632,7 +632,8 @@ class MockApp:
             await _send_bytes(send, 200, body, _JSON_HEADERS)
         return True
 
-    def _reply(self, request: _ChatRequest, marker: _Marker, call_id: str) -> tuple[str, dict[str, Any] | None]:
+    def _reply(self, request: _ChatRequest, marker: _Marker,
+               call_id: str) -> tuple[str, dict[str, Any] | None]:
         """The answer's text and tool call, in either dialect."""
         if request.tools:
             if mock_policy.is_root_call(request.messages):
