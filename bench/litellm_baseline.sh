@@ -46,6 +46,15 @@ model_list:
       model: openai/mock-model
       api_base: "$MOCK_URL"
       api_key: sk-anything
+  # /v1/responses bridged to the mock's chat completions: an openai/ model would go to the Responses API.
+  - model_name: mock-responses
+    litellm_params:
+      model: openai/chat_completions/mock-model
+      api_base: "$MOCK_URL"
+      api_key: sk-anything
+litellm_settings:
+  # /v1/messages bridged to chat completions (for openai/ models it would go to the Responses API).
+  use_chat_completions_url_for_anthropic_messages: true
 general_settings:
   master_key: sk-bench
 EOF

@@ -1,9 +1,13 @@
-"""Passthrough overhead: what the proxy adds over calling the mock model server directly.
+"""Passthrough overhead: what the proxy adds over calling the mock model server directly, per route.
 
     .venv/bin/python -m bench.passthrough [--requests N] [--concurrency C] [--with-litellm-proxy]
+                                          [--routes chat responses messages embeddings]
 
-Targets: the mock directly, rlm-proxy on its httpx fast path, rlm-proxy on the litellm path, and optionally
+Targets: the mock directly, rlm-proxy on its fast path, rlm-proxy on the litellm path, and optionally
 LiteLLM Proxy (started by bench/litellm_baseline.sh, or already running at --litellm-proxy-url).
+Routes: /v1/chat/completions, /v1/responses and /v1/messages (both bridged to the mock's chat completions,
+so their added latency is measured against the mock's chat completions) and /v1/embeddings. A target that
+answers a route with 404 (not served there) is left out of that route, with a line saying so.
 The client is a minimal HTTP/1.1 client on raw asyncio streams: an httpx.AsyncClient costs 0.3-0.5 ms per
 request here, several times the mock's own service time, which would blur what is being measured.
 """
@@ -23,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,21 +38,58 @@ KEY = "sk-bench"
 DIRECT, FAST, SLOW = "direct (mock)", "rlm-proxy fast path", "rlm-proxy litellm path"
 LITELLM = "LiteLLM Proxy"
 Latencies = dict[str, list[float]]
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+@dataclass(frozen=True)
+class Route:
+    path: str
+    body: dict[str, Any]  # without `model`
+    direct_path: str  # what the mock serves for it: bridged routes end in its chat completions
+
+
+CHAT = Route("/v1/chat/completions", {"messages": HELLO}, "/v1/chat/completions")
+ROUTES = {
+    "chat": CHAT,
+    "responses": Route("/v1/responses", {"input": "hello"}, CHAT.path),
+    "messages": Route("/v1/messages", {"max_tokens": 64, "messages": HELLO}, CHAT.path),
+    # The openai SDK's default encoding; the mock's default size (1536 dimensions).
+    "embeddings": Route("/v1/embeddings", {"input": "hello", "encoding_format": "base64"}, "/v1/embeddings"),
+}
 
 
 @dataclass
 class Target:
     name: str
-    url: str  # base URL; requests go to {url}/v1/chat/completions
+    url: str  # base URL
     model: str
+    route_models: dict[str, str] = field(default_factory=dict)  # where a route needs another model name
 
-    def request(self, stream: bool = False) -> bytes:
-        body: dict[str, Any] = {"model": self.model, "messages": [{"role": "user", "content": "hello"}]}
-        payload = json.dumps({**body, "stream": True} if stream else body).encode()
-        head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: {urlsplit(self.url).netloc}\r\n"
+    def path_and_body(self, route: str, stream: bool = False) -> tuple[str, dict[str, Any]]:
+        spec = ROUTES[route]
+        if self.name == DIRECT:  # the mock is the baseline: the chat request for bridged routes
+            spec = CHAT if spec.direct_path == CHAT.path else spec
+        body = {"model": self.route_models.get(route, self.model), **spec.body}
+        return spec.path, {**body, "stream": True} if stream else body
+
+    def request(self, route: str = "chat", stream: bool = False) -> bytes:
+        path, body = self.path_and_body(route, stream)
+        payload = json.dumps(body).encode()
+        head = (f"POST {path} HTTP/1.1\r\nhost: {urlsplit(self.url).netloc}\r\n"
                 f"authorization: Bearer {KEY}\r\ncontent-type: application/json\r\n"
                 f"content-length: {len(payload)}\r\n\r\n")
         return head.encode() + payload
+
+    def serves(self, route: str) -> bool:
+        """False when the target answers the route with 404 (not built there); other failures raise."""
+        path, body = self.path_and_body(route)
+        response = httpx.post(self.url + path, json=body, headers={"authorization": f"Bearer {KEY}"},
+                              timeout=60)
+        if response.status_code == 404:
+            return False
+        if response.status_code != 200:
+            raise RuntimeError(f"{self.name} {path}: HTTP {response.status_code}: {response.text[:300]}")
+        return True
 
 
 class Conn:
@@ -90,13 +131,14 @@ def rotated(targets: Sequence[Target], round_no: int) -> list[Target]:
     return [*targets[shift:], *targets[:shift]]
 
 
-async def sequential(targets: Sequence[Target], n: int, round_size: int, stream: bool = False) -> Latencies:
+async def sequential(targets: Sequence[Target], n: int, round_size: int, stream: bool = False,
+                     route: str = "chat") -> Latencies:
     """Per-request latencies (s) in interleaved rounds. A new connection per round: an idle keep-alive one
     could be closed by the server (uvicorn: after 5 s) while the other targets take their turn."""
     latencies: Latencies = {t.name: [] for t in targets}
     for round_no, start in enumerate(range(0, n, round_size)):
         for target in rotated(targets, round_no):
-            request, conn = target.request(stream), await Conn.open(target)
+            request, conn = target.request(route, stream), await Conn.open(target)
             for _ in range(min(round_size, n - start)):
                 began = time.perf_counter()
                 body = await conn.call(request)
@@ -113,14 +155,15 @@ async def _drain(conn: Conn, request: bytes, budget: list[int]) -> None:
         await conn.call(request)
 
 
-async def concurrent(targets: Sequence[Target], total: int, concurrency: int, round_size: int
-                     ) -> dict[str, float]:
+async def concurrent(targets: Sequence[Target], total: int, concurrency: int, round_size: int,
+                     route: str = "chat") -> dict[str, float]:
     """Requests/s with `concurrency` connections kept busy, in interleaved rounds of `round_size`."""
     elapsed = dict.fromkeys((t.name for t in targets), 0.0)
     for round_no, start in enumerate(range(0, total, round_size)):
         for target in rotated(targets, round_no):
             conns = [await Conn.open(target) for _ in range(concurrency)]  # connecting is not timed
-            budget, request, began = [min(round_size, total - start)], target.request(), time.perf_counter()
+            budget, began = [min(round_size, total - start)], time.perf_counter()
+            request = target.request(route)
             await asyncio.gather(*(_drain(conn, request, budget) for conn in conns))
             elapsed[target.name] += time.perf_counter() - began
             await asyncio.gather(*(conn.close() for conn in conns))
@@ -182,7 +225,8 @@ def start_all(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], tm
                             tmp / "litellm-proxy.log", env={"LITELLM_WORKDIR": str(tmp)},  # config goes here
                             timeout_s=args.litellm_timeout)
     if litellm_url:
-        targets.append(Target(LITELLM, litellm_url.rstrip("/"), "mock"))
+        # Its openai/ model would send /v1/responses to the mock's Responses API; this one bridges to chat.
+        targets.append(Target(LITELLM, litellm_url.rstrip("/"), "mock", {"responses": "mock-responses"}))
     return targets
 
 
@@ -213,41 +257,76 @@ def summarize(latencies: list[float], direct: list[float]) -> dict[str, float]:
             "added_p99_ms": (p[98] - d[98]) * 1e3, "mean_ms": statistics.fmean(latencies) * 1e3}
 
 
-def report(args: argparse.Namespace, seq: Latencies, rps: dict[str, float], streamed: Latencies
-           ) -> dict[str, Any]:
-    res = {name: {**summarize(lat, seq[DIRECT]), "req_per_s": rps[name]} for name, lat in seq.items()}
-    sse = {name: summarize(lat, streamed[DIRECT]) for name, lat in streamed.items()}
+Measured = dict[str, tuple[Latencies, dict[str, float]]]  # route -> (sequential latencies, req/s)
+FIGURES = ("p50_ms", "p99_ms", "added_p50_ms", "added_p99_ms")
+
+
+def route_ratios(route: str, res: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Added latency and throughput of rlm-proxy against the other targets on one route."""
+    ratios = {f"{route}: added p50, {FAST} / {other}": res[FAST]["added_p50_ms"] / res[other]["added_p50_ms"]
+              for other in (SLOW, LITELLM) if FAST in res and other in res}
+    for mine in (FAST, SLOW):
+        if mine in res and LITELLM in res:
+            ours, theirs = res[mine], res[LITELLM]
+            ratios[f"{route}: added p99, {mine} / {LITELLM}"] = ours["added_p99_ms"] / theirs["added_p99_ms"]
+            ratios[f"{route}: req/s, {mine} / {LITELLM}"] = ours["req_per_s"] / theirs["req_per_s"]
+    return ratios
+
+
+def report(args: argparse.Namespace, measured: Measured, streamed: Latencies) -> dict[str, Any]:
     cols = ["target", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms"]
-    show(f"Non-streaming: {args.requests} sequential requests per target; req/s with {args.concurrency} in "
-         f"flight, {args.concurrent_requests} requests", [*cols, f"req/s (C={args.concurrency})"],
-         [[name, *(f"{r[k]:.3f}" for k in ("p50_ms", "p99_ms", "added_p50_ms", "added_p99_ms")),
-           f"{r['req_per_s']:.0f}"] for name, r in res.items()])
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    ratios: dict[str, float] = {}
+    for route, (seq, rps) in measured.items():
+        res = {name: {**summarize(lat, seq[DIRECT]), "req_per_s": rps[name]} for name, lat in seq.items()}
+        results[route] = res
+        baseline = "" if ROUTES[route].direct_path == ROUTES[route].path else \
+            f" (bridged: direct is the mock's {ROUTES[route].direct_path})"
+        show(f"{ROUTES[route].path}{baseline}, non-streaming: {args.requests} sequential requests per "
+             f"target; req/s with {args.concurrency} in flight, {args.concurrent_requests} requests",
+             [*cols, f"req/s (C={args.concurrency})"],
+             [[name, *(f"{r[k]:.3f}" for k in FIGURES), f"{r['req_per_s']:.0f}"] for name, r in res.items()])
+        ratios |= route_ratios(route, res)
+    sse = {name: summarize(lat, streamed[DIRECT]) for name, lat in streamed.items()}
     if sse:
-        show(f"Streaming (until [DONE]): {args.requests} sequential requests per target", cols,
-             [[name, *(f"{r[k]:.3f}" for k in ("p50_ms", "p99_ms", "added_p50_ms", "added_p99_ms"))]
-              for name, r in sse.items()])
-    ratios = {f"added p50, {FAST} / {other}": res[FAST]["added_p50_ms"] / res[other]["added_p50_ms"]
-              for other in (SLOW, LITELLM) if other in res}
-    ratios |= {f"req/s, {mine} / {LITELLM}": rps[mine] / rps[LITELLM] for mine in (FAST, SLOW)
-               if mine in rps and LITELLM in rps}
+        show(f"{CHAT.path}, streaming (until [DONE]): {args.requests} sequential requests per target", cols,
+             [[name, *(f"{r[k]:.3f}" for k in FIGURES)] for name, r in sse.items()])
     print("\nRatios:\n" + "\n".join(f"  {label}: {value:.2f}" for label, value in ratios.items()))
     print(f"\nThis machine has {os.cpu_count()} cores (os.cpu_count()); the client, the server under test "
           "and the mock share them (the other servers sit idle meanwhile).")
-    return {"cpu_count": os.cpu_count(), "args": vars(args), "results": res, "streaming": sse,
+    return {"cpu_count": os.cpu_count(), "args": vars(args), "results": results, "streaming": sse,
             "ratios": ratios}
 
 
-async def measure(args: argparse.Namespace, targets: list[Target]
-                  ) -> tuple[Latencies, dict[str, float], Latencies]:
+def serving(targets: Sequence[Target], route: str) -> list[Target]:
+    """The targets that serve a route; a line for each that does not (a 404: not built there yet)."""
+    kept = []
+    for target in targets:
+        if target.serves(route):
+            kept.append(target)
+        else:
+            print(f"Skipping {ROUTES[route].path} on {target.name}: it answers 404 (route not served).",
+                  flush=True)
+    return kept if len(kept) > 1 and kept[0].name == DIRECT else []
+
+
+async def measure(args: argparse.Namespace, targets: list[Target]) -> tuple[Measured, Latencies]:
     print("Targets: " + ", ".join(f"{t.name} {t.url}" for t in targets), flush=True)
-    await sequential(targets, args.warmup, args.warmup)  # imports, pools and caches warm up in each server
-    seq = await sequential(targets, args.requests, args.round)
-    rps = await concurrent(targets, args.concurrent_requests, args.concurrency, args.round * 5)
+    measured: Measured = {}
+    for route in args.routes:
+        on_route = serving(targets, route)
+        if not on_route:
+            continue
+        # Imports, pools and caches warm up in each server.
+        await sequential(on_route, args.warmup, args.warmup, route=route)
+        seq = await sequential(on_route, args.requests, args.round, route=route)
+        rps = await concurrent(on_route, args.concurrent_requests, args.concurrency, args.round * 5, route)
+        measured[route] = seq, rps
     if args.no_stream:
-        return seq, rps, {}
+        return measured, {}
     pair = [t for t in targets if t.name in (DIRECT, FAST)]
     await sequential(pair, args.warmup, args.warmup, stream=True)
-    return seq, rps, await sequential(pair, args.requests, args.round, stream=True)
+    return measured, await sequential(pair, args.requests, args.round, stream=True)
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -272,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--litellm-timeout", type=float, default=900.0, help="s, may include its install")
     parser.add_argument("--skip-litellm-path", action="store_true")
     parser.add_argument("--no-stream", action="store_true")
+    parser.add_argument("--routes", nargs="+", choices=list(ROUTES), default=list(ROUTES))
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     procs: list[subprocess.Popen[bytes]] = []

@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from proxy.api import chat, health, messages, models, prometheus, responses
+from proxy.api import chat, completions, embeddings, health, messages, models, prometheus, responses
 from proxy.api.deps import Services
 from proxy.auth import KeyChecker
 from proxy.cache import Cache
@@ -80,6 +80,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(messages.router)
     app.include_router(responses.router)
+    app.include_router(embeddings.router)
+    app.include_router(completions.router)
     app.include_router(models.router)
     if settings.server.health_routes:
         app.include_router(health.router)

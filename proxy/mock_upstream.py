@@ -23,7 +23,11 @@ A request whose last message is a tool result is answered with ``tool result: <i
 see a tool call's round trip. The scripted RLM root model (``mock_policy``, policy ``tool_call``) may call
 the request's first tool too; ``/mock/stats`` counts the root calls and the other calls that carried tools.
 
-Every chat request ends up either ``completed`` (its whole response was sent) or ``cancelled`` (the client
+It also serves legacy completions (`/v1/completions`, the marker in the prompt) and embeddings
+(`/v1/embeddings`, deterministic vectors from `proxy.mock_embeddings`; the status, timeout, latency and
+malformed markers in any input).
+
+Every model request ends up either ``completed`` (its whole response was sent) or ``cancelled`` (the client
 disconnected first), so ``requests == completed + cancelled + in_flight`` between resets.
 """
 
@@ -41,7 +45,7 @@ from typing import Any, TypeVar
 import orjson
 import uvicorn
 
-from proxy import mock_policy
+from proxy import mock_embeddings, mock_policy
 from proxy.dialects import anthropic
 from proxy.errors import ProxyError
 from proxy.mock_responses import ResponsesOverChat
@@ -119,7 +123,16 @@ class _Marker:
 
 
 @dataclass(frozen=True)
+class _Embedding:
+    texts: list[str]
+    dimensions: int
+    base64: bool
+
+
+@dataclass(frozen=True)
 class _ChatRequest:
+    """A chat request, or a legacy completion (`legacy`), or an embeddings request (`embedding` set)."""
+
     model: str
     stream: bool
     include_usage: bool
@@ -128,6 +141,11 @@ class _ChatRequest:
     messages: list[mock_policy.Message]
     tools: list[dict[str, Any]] = field(default_factory=list)  # function definitions
     tool_result: str | None = None  # the content of a last message from a tool
+    legacy: bool = False
+    embedding: _Embedding | None = None
+
+
+_Parser = Callable[[bytes, str], _ChatRequest]  # a request body and the default model name
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -146,13 +164,28 @@ def _content_text(content: Any) -> str:
     return ""  # None (assistant tool calls) or unsupported part types carry no text
 
 
-def _parse_chat(body: bytes, default_model: str) -> _ChatRequest:
+def _parse_object(body: bytes) -> dict[str, Any]:
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:  # also covers invalid UTF-8
         raise _BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
     if not isinstance(payload, dict):
         raise _BadRequest("The request body must be a JSON object.")
+    return payload
+
+
+def _model(payload: dict[str, Any], default_model: str) -> str:
+    model = payload.get("model")
+    return model if isinstance(model, str) else default_model
+
+
+def _include_usage(payload: dict[str, Any]) -> bool:
+    stream_options = payload.get("stream_options")
+    return isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+
+
+def _parse_chat(body: bytes, default_model: str) -> _ChatRequest:
+    payload = _parse_object(body)
     messages = payload.get("messages")
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise _BadRequest("'messages' must be a list of message objects.")
@@ -165,17 +198,14 @@ def _parse_chat(body: bytes, default_model: str) -> _ChatRequest:
         prompt_tokens += len(text) // 4 + 4
         if message.get("role") == "user":
             last_user_text = text
-    stream_options = payload.get("stream_options")
-    include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
-    model = payload.get("model")
     tools = payload.get("tools")
     functions = [tool["function"] for tool in tools if isinstance(tool, dict) and isinstance(
         tool.get("function"), dict)] if isinstance(tools, list) else []
     last = messages[-1] if messages else {}
     return _ChatRequest(
-        model=model if isinstance(model, str) else default_model,
+        model=_model(payload, default_model),
         stream=payload.get("stream") is True,
-        include_usage=include_usage,
+        include_usage=_include_usage(payload),
         prompt_tokens=prompt_tokens,
         last_user_text=last_user_text,
         messages=texts,
@@ -204,6 +234,48 @@ def _tool_call(request: _ChatRequest, call_id: str, value: str | None = None) ->
             arguments[str(name)] = _PLACEHOLDERS.get(kind) if isinstance(kind, str) else None
     return {"id": call_id, "type": "function",
             "function": {"name": str(function.get("name")), "arguments": orjson.dumps(arguments).decode()}}
+
+
+def _parse_text_completion(body: bytes, default_model: str) -> _ChatRequest:
+    """A legacy completion, answered as the chat model answers its prompt as one user message."""
+    payload = _parse_object(body)
+    try:
+        text = "\n".join(mock_embeddings.input_texts(payload.get("prompt")))
+    except ValueError:
+        raise _BadRequest("'prompt' must be a string, an array of strings, or token arrays.") from None
+    return _ChatRequest(
+        model=_model(payload, default_model),
+        stream=payload.get("stream") is True,
+        include_usage=_include_usage(payload),
+        prompt_tokens=len(text) // 4 + 4,
+        last_user_text=text,
+        messages=[mock_policy.Message("user", text)],
+        legacy=True,
+    )
+
+
+def _parse_embeddings(body: bytes, default_model: str) -> _ChatRequest:
+    payload = _parse_object(body)
+    try:
+        texts = mock_embeddings.input_texts(payload.get("input"))
+    except ValueError as exc:
+        raise _BadRequest(str(exc)) from None
+    dimensions = payload.get("dimensions", mock_embeddings.DEFAULT_DIMENSIONS)
+    if type(dimensions) is not int or not 1 <= dimensions <= mock_embeddings.MAX_DIMENSIONS:
+        raise _BadRequest(f"'dimensions' must be an integer from 1 to {mock_embeddings.MAX_DIMENSIONS}.")
+    encoding = payload.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise _BadRequest("'encoding_format' must be 'float' or 'base64'.")
+    text = "\n".join(texts)
+    return _ChatRequest(
+        model=_model(payload, default_model),
+        stream=False,
+        include_usage=False,
+        prompt_tokens=sum(mock_embeddings.prompt_tokens(t) for t in texts),
+        last_user_text=text,
+        messages=[],
+        embedding=_Embedding(texts, dimensions, encoding == "base64"),
+    )
 
 
 def _parse_marker(text: str) -> _Marker | None:
@@ -286,6 +358,19 @@ def _usage(prompt_tokens: int, reply: str) -> dict[str, int]:
     }
 
 
+def _text_completion_body(completion_id: str, model: str, reply: str, prompt_tokens: int) -> bytes:
+    return _dumps(
+        {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "text": reply, "logprobs": None, "finish_reason": "stop"}],
+            "usage": _usage(prompt_tokens, reply),
+        }
+    )
+
+
 def _completion_body(completion_id: str, model: str, reply: str, prompt_tokens: int,
                      tool_call: dict[str, Any] | None = None) -> bytes:
     message: dict[str, Any] = {"role": "assistant", "content": reply}
@@ -318,16 +403,18 @@ def _split(text: str, parts: int) -> list[str]:
 
 
 class _ChunkFactory:
-    """Builds the SSE events of one streamed completion, mirroring the OpenAI wire format."""
+    """Builds the SSE events of one streamed completion (chat, or `legacy`), mirroring the OpenAI wire
+    format."""
 
-    def __init__(self, completion_id: str, model: str, include_usage: bool) -> None:
+    def __init__(self, completion_id: str, model: str, include_usage: bool, legacy: bool = False) -> None:
         self._base: dict[str, Any] = {
             "id": completion_id,
-            "object": "chat.completion.chunk",
+            "object": "text_completion" if legacy else "chat.completion.chunk",
             "created": int(time.time()),
             "model": model,
         }
         self._include_usage = include_usage
+        self._legacy = legacy
 
     def _event(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
         chunk = {**self._base, "choices": choices}
@@ -336,7 +423,8 @@ class _ChunkFactory:
         return b"data: " + _dumps(chunk) + b"\n\n"
 
     def delta(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        return self._event([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
+        content: dict[str, Any] = {"text": delta.get("content", "")} if self._legacy else {"delta": delta}
+        return self._event([{"index": 0, **content, "logprobs": None, "finish_reason": finish_reason}])
 
     def usage(self, usage: dict[str, int]) -> bytes:
         return self._event([], usage)
@@ -430,11 +518,18 @@ class MockApp:
         self.stats = MockStats()
         self._rng = random.Random(settings.seed)
         self._ids = itertools.count(1)
+        chat = self._model_route(_parse_chat)
+        legacy = self._model_route(_parse_text_completion)
+        embeddings = self._model_route(_parse_embeddings)
         self._routes: dict[tuple[str, str], Callable[[Receive, Send], Awaitable[None]]] = {
-            ("POST", "/v1/chat/completions"): self._chat,
-            ("POST", "/chat/completions"): self._chat,
-            ("POST", "/v1/responses"): ResponsesOverChat(self._chat),
-            ("POST", "/responses"): ResponsesOverChat(self._chat),
+            ("POST", "/v1/chat/completions"): chat,
+            ("POST", "/chat/completions"): chat,
+            ("POST", "/v1/responses"): ResponsesOverChat(chat),
+            ("POST", "/responses"): ResponsesOverChat(chat),
+            ("POST", "/v1/completions"): legacy,
+            ("POST", "/completions"): legacy,
+            ("POST", "/v1/embeddings"): embeddings,
+            ("POST", "/embeddings"): embeddings,
             ("GET", "/v1/models"): self._models,
             ("GET", "/models"): self._models,
             ("GET", "/mock/stats"): self._stats,
@@ -475,8 +570,13 @@ class MockApp:
         self._ids = itertools.count(1)
         await _send_json(send, 200, {"status": "reset"})
 
-    async def _chat(self, receive: Receive, send: Send) -> None:
-        await self._counted(self._serve_chat(receive, send))
+    def _model_route(self, parse: _Parser) -> Callable[[Receive, Send], Awaitable[None]]:
+        """The handler of an OpenAI model route whose requests `parse` reads."""
+
+        async def handler(receive: Receive, send: Send) -> None:
+            await self._counted(self._serve(parse, receive, send))
+
+        return handler
 
     async def _counted(self, serving: Awaitable[bool]) -> None:
         self.stats.requests += 1
@@ -492,13 +592,13 @@ class MockApp:
             else:
                 stats.cancelled += 1
 
-    async def _serve_chat(self, receive: Receive, send: Send) -> bool:
-        """Answer one chat request; True if the whole response was sent."""
+    async def _serve(self, parse: _Parser, receive: Receive, send: Send) -> bool:
+        """Answer one model request; True if the whole response was sent."""
         body = await _read_body(receive)
         if body is None:
             return False
         try:
-            request = _parse_chat(body, self.settings.model_name)
+            request = parse(body, self.settings.model_name)
             marker = self._armed_marker(_parse_marker(request.last_user_text))
         except _BadRequest as exc:
             await _send_bytes(send, 400, _error_body(str(exc), "invalid_request_error", None), _JSON_HEADERS)
@@ -621,15 +721,23 @@ class MockApp:
         marker = marker or _Marker()
         if marker.malformed or (marker.stream_error and request.stream):
             self.stats.errors_injected += 1
-        completion_id = f"chatcmpl-mock-{next(self._ids)}"
+        if marker.malformed and not request.stream:
+            await _send_bytes(send, 200, _MALFORMED_BODY, _JSON_HEADERS)
+            return True
+        if (embedding := request.embedding) is not None:
+            answer = mock_embeddings.embeddings_body(request.model, embedding.texts, embedding.dimensions,
+                                                     embedding.base64)
+            await _send_json(send, 200, answer)
+            return True
+        completion_id = f"{'cmpl' if request.legacy else 'chatcmpl'}-mock-{next(self._ids)}"
         reply, tool_call = self._reply(request, marker, f"call_mock_{completion_id}")
         if request.stream:
             return await self._stream(request, marker, reply, completion_id, send, watch, tool_call)
-        if marker.malformed:
-            await _send_bytes(send, 200, _MALFORMED_BODY, _JSON_HEADERS)
+        if request.legacy:
+            body = _text_completion_body(completion_id, request.model, reply, request.prompt_tokens)
         else:
             body = _completion_body(completion_id, request.model, reply, request.prompt_tokens, tool_call)
-            await _send_bytes(send, 200, body, _JSON_HEADERS)
+        await _send_bytes(send, 200, body, _JSON_HEADERS)
         return True
 
     def _reply(self, request: _ChatRequest, marker: _Marker,
@@ -656,10 +764,11 @@ class MockApp:
         self, request: _ChatRequest, marker: _Marker, reply: str, completion_id: str,
         tool_call: dict[str, Any] | None
     ) -> list[bytes]:
-        chunks = _ChunkFactory(completion_id, request.model, request.include_usage)
-        first = chunks.delta({"role": "assistant", "content": ""})
+        chunks = _ChunkFactory(completion_id, request.model, request.include_usage, request.legacy)
+        # A legacy stream has no role to announce: its first chunk carries text.
+        first = [] if request.legacy else [chunks.delta({"role": "assistant", "content": ""})]
         if marker.malformed:
-            return [first, _MALFORMED_SSE_LINE]
+            return [*first, _MALFORMED_SSE_LINE]
         if tool_call is not None:  # as OpenAI streams one: the name first, then the arguments in pieces
             head = {"index": 0, "id": tool_call["id"], "type": "function",
                     "function": {"name": tool_call["function"]["name"], "arguments": ""}}
@@ -671,9 +780,9 @@ class MockApp:
             contents = [chunks.delta({"content": piece})
                         for piece in _split(reply, self.settings.stream_deltas)]
         if marker.stream_error:
-            return [first, *contents[:_STREAM_ERROR_CONTENT_CHUNKS]]
+            return [*first, *contents[:_STREAM_ERROR_CONTENT_CHUNKS]]
         finish = "stop" if tool_call is None else "tool_calls"
-        events = [first, *contents, chunks.delta({}, finish_reason=finish)]
+        events = [*first, *contents, chunks.delta({}, finish_reason=finish)]
         if request.include_usage:
             events.append(chunks.usage(_usage(request.prompt_tokens, reply)))
         events.append(_SSE_DONE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from types import ModuleType
 from typing import Any
 
@@ -18,6 +19,11 @@ def import_litellm() -> ModuleType:
     import litellm
 
     litellm.suppress_debug_info = True
+    # Its models (and the openai SDK's it dumps) type embeddings as float lists: every base64 embedding,
+    # passed on as it is, would write a serializer warning to the log.
+    warnings.filterwarnings("ignore", category=UserWarning, message=(
+        r"Pydantic serializer warnings:\s+PydanticSerializationUnexpectedValue\(Expected `list\[float\]`"
+        r"[^\n]*field_name='embedding'"))
     return litellm
 
 

@@ -325,18 +325,47 @@ class LiteLLMBackend:
                 "timeout": float(deployment.params.get("timeout") or self._settings.timeout_s)}
 
     async def complete(self, deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._answer(self._litellm.acompletion, deployment, body)
+
+    def stream(self, deployment: Deployment, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        return self._stream(self._litellm.acompletion, deployment, body)
+
+    async def embed(self, deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
+        if deployment.provider == "openai" and "dimensions" in body:
+            # litellm guesses from the model's name (text-embedding-3 only) whether an OpenAI-style server
+            # takes `dimensions`; the server judges it itself, as on the fast path.
+            body = {**body, "allowed_openai_params": ["dimensions"]}
+        return await self._answer(self._litellm.aembedding, deployment, body)
+
+    async def complete_text(self, deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
+        """A legacy (`/v1/completions`) completion."""
+        return await self._answer(self._litellm.atext_completion, deployment, body)
+
+    async def stream_text(self, deployment: Deployment,
+                          body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        async for chunk in self._stream(self._litellm.atext_completion, deployment, body):
+            # litellm leaves a choice's empty fields out; OpenAI's legacy chunks always carry them.
+            for choice in chunk.get("choices") or ():
+                choice.setdefault("text", "")
+                choice.setdefault("logprobs", None)
+                choice.setdefault("finish_reason", None)
+            yield chunk
+
+    async def _answer(self, call: Callable[..., Awaitable[Any]], deployment: Deployment,
+                      body: dict[str, Any]) -> dict[str, Any]:
         kwargs = self._kwargs(deployment, body)
         try:
-            response = await self._litellm.acompletion(**kwargs)
+            response = await call(**kwargs)
         except Exception as exc:
             raise self._translate(exc, kwargs["timeout"]) from exc
         return response.model_dump()
 
-    async def stream(self, deployment: Deployment, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def _stream(self, call: Callable[..., Awaitable[Any]], deployment: Deployment,
+                      body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         kwargs = self._kwargs(deployment, body)
         kwargs["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         try:
-            response = await self._litellm.acompletion(**kwargs)
+            response = await call(**kwargs)
             async for chunk in response:
                 yield chunk.model_dump(exclude_none=True)
         except Exception as exc:
@@ -394,19 +423,38 @@ class Upstream:
                 and _FAST_PATH_PARAMS.issuperset(deployment.params))
 
     def backend_for(self, deployment: Deployment) -> Backend:
-        if self._takes_fast_path(deployment):
-            return self._fast
+        return self._fast if self._takes_fast_path(deployment) else self._litellm_backend()
+
+    def _litellm_backend(self) -> LiteLLMBackend:
         if self._litellm is None:  # instant: start-up imported litellm off the event loop (ModelFacts.load)
             self._litellm = LiteLLMBackend(self._settings)
         return self._litellm
 
     async def complete(self, deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
         backend = self.backend_for(deployment)
-        with self._observed(deployment):
-            completion = await self._with_retries(lambda: backend.complete(deployment, body))
-        if (usage := _chat_usage(completion)) is not None:
-            self._observer.on_usage(deployment, usage)
-        return completion
+        return await self._answered(deployment, lambda: backend.complete(deployment, body), _chat_usage)
+
+    async def embed(self, deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
+        """An embeddings answer: sent as it is on the fast path, through `litellm.aembedding` otherwise."""
+        if self._takes_fast_path(deployment):
+            return await self.forward(deployment, "/embeddings", body, _chat_usage)
+        backend = self._litellm_backend()
+        return await self._answered(deployment, lambda: backend.embed(deployment, body), _chat_usage)
+
+    async def complete_text(self, deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
+        """A legacy completion (`/v1/completions`): sent as it is on the fast path, else through litellm."""
+        if self._takes_fast_path(deployment):
+            return await self.forward(deployment, "/completions", body, _chat_usage)
+        backend = self._litellm_backend()
+        return await self._answered(deployment, lambda: backend.complete_text(deployment, body), _chat_usage)
+
+    def stream_text(self, deployment: Deployment, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Chunks of a streamed legacy completion, usage always asked for; retried only before the first."""
+        if self._takes_fast_path(deployment):
+            asked = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+            return self.forward_events(deployment, "/completions", asked, _chat_usage)
+        backend = self._litellm_backend()
+        return self._streamed(deployment, lambda: backend.stream_text(deployment, body), _chat_usage)
 
     async def stream(self, deployment: Deployment, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Chunks of a streamed completion. Retries happen only before the first chunk arrives."""
@@ -420,8 +468,13 @@ class Upstream:
         `path` with the provider's model name, with retries. `usage_of` reads usage in chat terms."""
         payload = {**body, "model": deployment.provider_model}
         post = self._fast.post_json
+        return await self._answered(deployment, lambda: post(deployment, path, payload, headers), usage_of)
+
+    async def _answered(self, deployment: Deployment, attempt: Callable[[], Awaitable[dict[str, Any]]],
+                        usage_of: UsageOf) -> dict[str, Any]:
+        """One answer, with retries; its usage and errors go to the observer."""
         with self._observed(deployment):
-            answer = await self._with_retries(lambda: post(deployment, path, payload, headers))
+            answer = await self._with_retries(attempt)
         if (usage := usage_of(answer)) is not None:
             self._observer.on_usage(deployment, usage)
         return answer

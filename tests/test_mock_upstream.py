@@ -14,7 +14,7 @@ import openai
 import pytest
 import uvicorn
 
-from proxy import mock_policy
+from proxy import mock_embeddings, mock_policy
 from proxy.mock_upstream import MockSettings, build_mock_app
 
 CONTEXT_WINDOW = 2000
@@ -415,3 +415,47 @@ def test_the_scripted_root_calls_the_first_tool_with_what_it_found(mock: _Runnin
     mock.chat("a plain call", tools=[_WEATHER_TOOL])
     stats = mock.stats()
     assert (stats["root_calls_with_tools"], stats["other_calls_with_tools"]) == (2, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Embeddings and legacy completions
+
+
+def test_mock_embeddings_are_deterministic_unit_vectors_in_both_encodings(shared_mock: _RunningMock) -> None:
+    sdk = shared_mock.sdk()
+    as_floats = sdk.embeddings.create(model="m", input=["a", "b"], encoding_format="float").data
+    decoded = sdk.embeddings.create(model="m", input=["a", "b"]).data  # the SDK's base64, decoded
+    assert [d.embedding for d in as_floats] == [d.embedding for d in decoded]
+    assert len(as_floats[0].embedding) == mock_embeddings.DEFAULT_DIMENSIONS
+    assert as_floats[0].embedding != as_floats[1].embedding
+    assert abs(sum(v * v for v in as_floats[0].embedding) - 1) < 1e-5
+    short = sdk.embeddings.create(model="m", input="a", dimensions=16).data[0].embedding
+    assert short == mock_embeddings.vector("a", 16)
+
+
+@pytest.mark.parametrize("extra", [{"dimensions": 0}, {"dimensions": 99999}, {"encoding_format": "int8"},
+                                   {"input": []}, {"input": [{"text": "x"}]}])
+def test_mock_embeddings_refuse_bad_input(shared_mock: _RunningMock, extra: dict[str, Any]) -> None:
+    body = {"model": "m", "input": "x", **extra}
+    assert httpx.post(f"{shared_mock.url}/v1/embeddings", json=body, timeout=10).status_code == 400
+
+
+def test_mock_embeddings_and_completions_honour_markers(shared_mock: _RunningMock) -> None:
+    url = shared_mock.url
+    response = httpx.post(f"{url}/v1/embeddings", json={"model": "m", "input": ["ok", "[[mock:status=429]]"]})
+    assert response.status_code == 429
+    response = httpx.post(f"{url}/v1/completions", json={"model": "m", "prompt": "[[mock:status=503]]"})
+    assert response.status_code == 503
+    response = httpx.post(f"{url}/v1/completions", json={"model": "m", "prompt": "[[mock:malformed]]"})
+    with pytest.raises(json.JSONDecodeError):
+        response.json()
+
+
+def test_mock_legacy_completion_streams_text_chunks(shared_mock: _RunningMock) -> None:
+    sdk = shared_mock.sdk()
+    assert sdk.completions.create(model="m", prompt="hi").choices[0].text == "mock reply: hi"
+    chunks = list(sdk.completions.create(model="m", prompt="hi", stream=True,
+                                         stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == "mock reply: hi"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert all(c.object == "text_completion" for c in chunks)

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.api.chat import _relay
+from proxy.api.relay import relay
 from proxy.api.request import parse_chat_request
 from proxy.auth import ANONYMOUS, Identity, KeyChecker
 from proxy.config import ServerSettings
@@ -89,7 +89,7 @@ async def _relayed(chunks: list[dict[str, Any]], include_usage: bool) -> list[An
         for chunk in chunks[1:]:
             yield chunk
 
-    events = [event async for event in _relay(chunks[0], tail(), include_usage)]
+    events = [event async for event in relay(chunks[0], tail(), include_usage, "chat.completion.chunk")]
     assert events[-1] == b"data: [DONE]\n\n"
     return [orjson.loads(event[6:]) for event in events[:-1]]
 

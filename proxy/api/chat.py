@@ -12,9 +12,10 @@ from fastapi.responses import Response
 
 from proxy.api import core
 from proxy.api.deps import IdentityDep, ServicesDep, require_api_key
+from proxy.api.relay import relay
 from proxy.api.request import ChatRequest, parse_chat_request
 from proxy.api.rlm import ANSWER_DELTA_CHARS, HEARTBEAT, progress_line, summary, with_heartbeats
-from proxy.api.streaming import DONE, SSEResponse, chained, guard_stream, read_body, sse_data
+from proxy.api.streaming import DONE, SSEResponse, guard_stream, read_body, sse_data
 from proxy.rlm.events import Event, RunFinished
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -34,43 +35,10 @@ async def chat_completions(request: Request, services: ServicesDep, identity: Id
                         media_type="application/json", headers=core.rlm_headers(routed.run_id, finished))
     if chat.stream:
         first, chunks = await core.stream(request, services, routed)
-        relayed = _relay(first, chunks, chat.include_usage)
+        relayed = relay(first, chunks, chat.include_usage, "chat.completion.chunk")
         return SSEResponse(guard_stream(relayed), headers=core.DIRECT_HEADERS)
     completion = await core.complete(request, services, routed)
     return Response(orjson.dumps(completion), media_type="application/json", headers=core.DIRECT_HEADERS)
-
-
-async def _relay(first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, Any]],
-                 include_usage: bool) -> AsyncIterator[bytes]:
-    """Re-emit upstream chunks with usage placed exactly as the OpenAI API does.
-
-    The upstream is always asked for usage; providers differ in where they put it (a trailing
-    `choices: []` chunk, or the last content chunk), so it is collected and sent once at the end.
-    """
-    usage: dict[str, Any] | None = None
-    last: dict[str, Any] | None = None
-    pending = [first] if first is not None else []
-    async for chunk in chained(pending, chunks):
-        if chunk.get("usage"):
-            usage = chunk["usage"]
-        if not chunk.get("choices") or _carries_nothing(chunk):
-            continue  # usage-only (re-sent at the end if asked for), or litellm's empty trailer
-        chunk.pop("usage", None)
-        if include_usage:
-            chunk["usage"] = None
-        last = chunk
-        yield sse_data(chunk)
-    if include_usage and usage is not None:
-        template = last or {}
-        yield sse_data({"id": template.get("id", ""), "object": "chat.completion.chunk",
-                        "created": template.get("created", 0), "model": template.get("model", ""),
-                        "choices": [], "usage": usage})
-    yield DONE
-
-
-def _carries_nothing(chunk: dict[str, Any]) -> bool:
-    return all(not choice.get("delta") and not choice.get("finish_reason") and not choice.get("logprobs")
-               for choice in chunk["choices"])
 
 
 def _rlm_completion(run_id: str, model: str, finished: RunFinished) -> dict[str, Any]:

@@ -20,11 +20,12 @@ from proxy.api.rlm import as_proxy_errors, last_event, observed, run_request
 from proxy.api.streaming import until_disconnect
 from proxy.auth import Identity
 from proxy.cache import CachePolicy
+from proxy.errors import invalid_request
 from proxy.middleware import RouteInfo
 from proxy.registry import Deployment
 from proxy.rlm.engine import RunRequest
 from proxy.rlm.events import Event, RunFinished
-from proxy.routing import MODE_HEADER, split_model
+from proxy.routing import MODE_HEADER, header_mode, split_model
 
 DIRECT_HEADERS = {"x-rlm-mode": "direct"}
 
@@ -70,6 +71,33 @@ async def route(request: Request, services: Services, identity: Identity,
     return Direct(deployment, chat)
 
 
+def route_passthrough(request: Request, services: Services, body: dict[str, Any]) -> Deployment:
+    """The deployment for a request that only the upstream model answers (embeddings, legacy completions),
+    whose `model` is checked already. RLM mode answers chat-like requests only: the `rlm/` prefix,
+    `x-rlm-mode: on` and an `rlm` object are refused rather than ignored."""
+    name, prefixed = split_model(body["model"])
+    asked = _rlm_asked_by(request, body, prefixed)
+    if asked is not None:
+        param, what = asked
+        raise invalid_request(f"RLM mode answers chat-like requests only (chat completions, responses, "
+                              f"messages); {request.url.path} passes requests through to the model, so "
+                              f"{what} cannot ask for it.", param=param, code="rlm_not_supported")
+    deployment = services.registry.resolve(name)
+    _note_route(request, services, "direct", name)
+    return deployment
+
+
+def _rlm_asked_by(request: Request, body: dict[str, Any], prefixed: bool) -> tuple[str, str] | None:
+    """(param, description) of whatever in the request asks for RLM mode, if anything does."""
+    if prefixed:
+        return "model", f"the model '{body['model']}'"
+    if "rlm" in body:
+        return "rlm", "the 'rlm' object"
+    if header_mode(request.headers.get(MODE_HEADER)) == "on":
+        return MODE_HEADER, f"'{MODE_HEADER}: on'"
+    return None
+
+
 def _note_route(request: Request, services: Services, mode: str, model: str) -> None:
     """Tell the metrics middleware what was decided, and count the request as in flight in that mode."""
     info: RouteInfo | None = getattr(request.state, "route_info", None)
@@ -87,13 +115,16 @@ async def complete(request: Request, services: Services, direct: Direct) -> dict
 
 async def stream(request: Request, services: Services,
                  direct: Direct) -> tuple[dict[str, Any] | None, AsyncIterator[dict[str, Any]]]:
-    """The upstream's first chunk (None for an empty stream) and the rest.
+    """The upstream's first chunk (None for an empty stream) and the rest (see `opened`)."""
+    return await opened(request, services.upstream.stream(direct.deployment, direct.chat.body))
 
-    The first chunk is awaited before a response starts, so that upstream failures still get a status.
-    """
-    chunks = services.upstream.stream(direct.deployment, direct.chat.body)
-    first = await until_disconnect(request.receive, anext(chunks, None))
-    return first, chunks
+
+async def opened(request: Request, items: AsyncIterator[dict[str, Any]]
+                 ) -> tuple[dict[str, Any] | None, AsyncIterator[dict[str, Any]]]:
+    """A stream's first item (None for an empty stream) and the rest, the first awaited before a response
+    starts so that upstream failures still get a status; cancelled if the client goes away meanwhile."""
+    first = await until_disconnect(request.receive, anext(items, None))
+    return first, items
 
 
 async def finish(request: Request, run: RLMRun) -> RunFinished:

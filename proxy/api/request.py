@@ -94,10 +94,22 @@ def _nests_deeper_than(value: Any, limit: int) -> bool:
 
 def parse_chat_request(raw: bytes | bytearray) -> ChatRequest:
     body = parse_json_body(raw)
+    model = model_name(body)
+    _check_messages(required(body, "messages", list, "an array"))
+    stream, include_usage = stream_flags(body)
+    rlm = rlm_options(body.pop("rlm", None))
+    return ChatRequest(body=body, model=model, stream=stream, include_usage=include_usage, rlm=rlm)
+
+
+def model_name(body: dict[str, Any]) -> str:
     model = required(body, "model", str, "a string")
     if not model:
         raise invalid_request("'model' must not be empty.", param="model", code="invalid_value")
-    _check_messages(required(body, "messages", list, "an array"))
+    return model
+
+
+def stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
+    """`stream`, and whether the client asked for usage in the stream (`stream_options.include_usage`)."""
     stream = optional(body, "stream", bool, "a boolean") or False
     options = optional(body, "stream_options", dict, "an object")
     if options is not None and not stream:
@@ -105,8 +117,30 @@ def parse_chat_request(raw: bytes | bytearray) -> ChatRequest:
                               param="stream_options", code="invalid_value")
     include_usage = bool(options and optional(options, "include_usage", bool, "a boolean",
                                                param="stream_options.include_usage"))
-    rlm = rlm_options(body.pop("rlm", None))
-    return ChatRequest(body=body, model=model, stream=stream, include_usage=include_usage, rlm=rlm)
+    return stream, include_usage
+
+
+def check_text_input(body: dict[str, Any], name: str) -> None:
+    """A required text input as the OpenAI API takes it (embeddings' `input`, legacy completions'
+    `prompt`): a string, an array of strings, an array of token ids, or an array of token arrays."""
+    value = required(body, name, str | list, "a string or an array")
+    if isinstance(value, str):
+        return
+    if not value:
+        raise invalid_request(f"'{name}' must not be an empty array.", param=name, code="invalid_value")
+    first = value[0]
+    kind = str if isinstance(first, str) else list if isinstance(first, list) else int
+    described = {str: "an array of strings", list: "an array of token arrays",
+                 int: "an array of token ids (integers)"}[kind]
+    for index, item in enumerate(value):
+        if not _is_kind(item, kind) or (kind is list and not (item and all(_is_kind(t, int) for t in item))):
+            raise invalid_request(f"'{name}[{index}]' does not fit '{name}' as {described}: '{name}' must be "
+                                  "a string, an array of strings, an array of token ids or an array of "
+                                  "non-empty token arrays.", param=f"{name}[{index}]", code="invalid_type")
+
+
+def _is_kind(item: Any, kind: type) -> bool:
+    return isinstance(item, kind) and not isinstance(item, bool)
 
 
 def rlm_options(value: Any) -> RLMOptions:
