@@ -7,7 +7,7 @@ import os
 from types import ModuleType
 from typing import Any
 
-from proxy.registry import Deployment
+from proxy.registry import Deployment, Target
 
 
 def import_litellm() -> ModuleType:
@@ -53,7 +53,12 @@ class ModelFacts:
         """Blocking (seconds): call it from a thread at start-up."""
         self._litellm = import_litellm()
 
-    def max_input_tokens(self, deployment: Deployment) -> int | None:
+    def max_input_tokens(self, target: Target) -> int | None:
+        """A group's window is its smallest deployment's: a request must fit whichever one is picked."""
+        return min((window for d in target.deployments if (window := self._window(d)) is not None),
+                   default=None)
+
+    def _window(self, deployment: Deployment) -> int | None:
         if deployment.max_input_tokens is not None:
             return deployment.max_input_tokens
         if self._litellm is None:
@@ -62,14 +67,19 @@ class ModelFacts:
             self._windows[deployment.model] = self._litellm_info(deployment.model, "max_input_tokens")
         return self._windows[deployment.model]
 
-    def count_tokens(self, deployment: Deployment, messages: list[dict[str, Any]]) -> int:
-        """Exact where litellm knows the tokenizer. Blocking and ~5 MB/s: keep it off the event loop."""
+    def count_tokens(self, target: Target, messages: list[dict[str, Any]]) -> int:
+        """Exact where litellm knows the tokenizer (a group's first deployment's). Blocking and ~5 MB/s:
+        keep it off the event loop."""
         if self._litellm is not None:
             with contextlib.suppress(Exception):  # a model whose tokenizer litellm cannot find
-                return int(self._litellm.token_counter(model=deployment.model, messages=messages))
+                return int(self._litellm.token_counter(model=target.deployments[0].model, messages=messages))
         return estimate_tokens(sum(len(message_text(m)) for m in messages), len(messages))
 
-    def cost_usd(self, deployment: Deployment, prompt_tokens: int, completion_tokens: int) -> float:
+    def cost_usd(self, target: Target, prompt_tokens: int, completion_tokens: int) -> float:
+        """A deployment's price for the tokens; a group's dearest (an estimate made before it answers)."""
+        return max(self._cost(d, prompt_tokens, completion_tokens) for d in target.deployments)
+
+    def _cost(self, deployment: Deployment, prompt_tokens: int, completion_tokens: int) -> float:
         rates = self._rates(deployment)
         if rates is None:
             return 0.0

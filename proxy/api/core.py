@@ -21,7 +21,7 @@ from proxy.api.streaming import until_disconnect
 from proxy.auth import Identity
 from proxy.cache import CachePolicy
 from proxy.middleware import RouteInfo
-from proxy.registry import Deployment
+from proxy.registry import ModelGroup
 from proxy.rlm.engine import RunRequest
 from proxy.rlm.events import Event, RunFinished
 from proxy.routing import MODE_HEADER, split_model
@@ -33,7 +33,7 @@ DIRECT_HEADERS = {"x-rlm-mode": "direct"}
 class Direct:
     """A request for the upstream model itself; `chat.body['model']` no longer carries `rlm/`."""
 
-    deployment: Deployment
+    deployment: ModelGroup  # the requested model's deployments; Upstream picks one per call
     chat: ChatRequest
 
 
