@@ -16,6 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from proxy.api import chat, completions, embeddings, health, messages, models, prometheus, responses
 from proxy.api.deps import Services
 from proxy.auth import KeyChecker
+from proxy.balancer import Balancer
 from proxy.cache import Cache
 from proxy.config import Settings, load_settings
 from proxy.errors import ProxyError, error_dialect, invalid_request
@@ -36,10 +37,11 @@ log = logging.getLogger("rlm_proxy")
 
 
 def create_app(settings: Settings) -> FastAPI:
-    registry = ModelRegistry(settings.model_list)
+    registry = ModelRegistry(settings.model_list, settings.fallbacks())
     facts = ModelFacts()
     metrics = Metrics(registry.names)
-    upstream = Upstream(settings.upstream, UpstreamMetrics(metrics, facts))
+    upstream = Upstream(settings.upstream, UpstreamMetrics(metrics, facts),
+                        balancer=Balancer.from_settings(settings.router_settings), resolve=registry.resolve)
     sandbox = SandboxPool(_sandbox_limits(settings), _pool_limits(settings))
     cache = Cache(settings.cache, lambda result: metrics.cache.labels(result).inc()) \
         if settings.cache.enabled else None

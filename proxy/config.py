@@ -20,9 +20,13 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from proxy.router_config import GeneralSettings, LiteLLMSettings, RouterSettings, merged_fallbacks, one_value
+
 ENV_REFERENCE_PREFIX = "os.environ/"
 CacheScope = Literal["key", "team", "global"]
 NativeAPI = Literal["responses", "messages"]
+# litellm_params that steer load balancing among a model_name's deployments, never sent to a provider.
+ROUTING_PARAMS = ("weight", "rpm", "tpm")
 
 
 def key_hash(key: str) -> str:
@@ -63,6 +67,11 @@ class ModelEntry(_Section):
     def _needs_model(cls, params: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(params.get("model"), str) or not params["model"]:
             raise ValueError("litellm_params.model is required (e.g. openai/gpt-4o)")
+        for name in ROUTING_PARAMS:
+            value = params.get(name)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if value is not None and (not number or value <= 0):
+                raise ValueError(f"litellm_params.{name} must be a positive number")
         return params
 
 
@@ -207,10 +216,10 @@ class Settings(BaseSettings):
     responses: ResponsesSettings = ResponsesSettings()
     rlm: RLMSettings = RLMSettings()
     sandbox: SandboxSettings = SandboxSettings()
-    # Accepted so that a LiteLLM Proxy config file loads unchanged; rlm-proxy does not read them.
-    litellm_settings: dict[str, Any] = {}
-    general_settings: dict[str, Any] = {}
-    router_settings: dict[str, Any] = {}
+    # LiteLLM Proxy's sections, so that its config files load: the keys we read (proxy/router_config.py).
+    litellm_settings: LiteLLMSettings = LiteLLMSettings()
+    general_settings: GeneralSettings = GeneralSettings()
+    router_settings: RouterSettings = RouterSettings()
 
     @model_validator(mode="after")
     def _rlm_models_are_served(self) -> Settings:
@@ -220,6 +229,46 @@ class Settings(BaseSettings):
             if names and model is not None and model not in names:
                 raise ValueError(f"rlm.{field} '{model}' is not a model_name of model_list")
         return self
+
+    @model_validator(mode="after")
+    def _litellm_aliases(self) -> Settings:
+        """LiteLLM's names for settings that have one of ours: one value wherever it is given."""
+        upstream, server = self.upstream, self.server
+        router, litellm = self.router_settings, self.litellm_settings
+        given = upstream.model_fields_set
+        retries = one_value("the retry count", {
+            "upstream.max_retries": upstream.max_retries if "max_retries" in given else None,
+            "router_settings.num_retries": router.num_retries,
+            "litellm_settings.num_retries": litellm.num_retries})
+        timeout = one_value("the upstream timeout", {
+            "upstream.timeout_s": upstream.timeout_s if "timeout_s" in given else None,
+            "router_settings.timeout": router.timeout,
+            "litellm_settings.request_timeout": litellm.request_timeout})
+        master_key = one_value("the master key", {
+            "server.master_key": server.master_key,
+            "general_settings.master_key": self.general_settings.master_key})
+        self.upstream = upstream.model_copy(update={
+            "max_retries": upstream.max_retries if retries is None else retries,
+            "timeout_s": upstream.timeout_s if timeout is None else timeout})
+        # Validated again: the key from general_settings must not repeat a client key either.
+        self.server = ServerSettings.model_validate({**server.model_dump(), "master_key": master_key})
+        return self
+
+    @model_validator(mode="after")
+    def _fallbacks_name_served_models(self) -> Settings:
+        names = {entry.model_name for entry in self.model_list}
+        for kind, table in self.fallbacks().items():
+            for name, targets in table.items():
+                for model in (name, *targets):
+                    if names and model not in names:
+                        raise ValueError(f"{kind}: '{model}' is not a model_name of model_list")
+        return self
+
+    def fallbacks(self) -> dict[str, dict[str, tuple[str, ...]]]:
+        """The `fallbacks` and `context_window_fallbacks` tables, from whichever section gives them."""
+        router, litellm = self.router_settings, self.litellm_settings
+        return {kind: merged_fallbacks(getattr(router, kind), getattr(litellm, kind), kind)
+                for kind in ("fallbacks", "context_window_fallbacks")}
 
     @classmethod
     def settings_customise_sources(

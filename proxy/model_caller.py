@@ -43,8 +43,10 @@ class UpstreamCaller:
         return replace(ModelReply(**stored), tool_calls=tuple(stored.get("tool_calls", ())), cached=hit)
 
     async def _call(self, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> ModelReply:
-        deployment = self._registry.resolve(model)
-        response = await self._upstream.complete(deployment, {"model": model, "messages": messages, **params})
+        group = self._registry.resolve(model)
+        # Priced at the deployment that answered: a group's deployments (or fallbacks) may differ in price.
+        deployment, response = await self._upstream.complete_routed(
+            group, {"model": model, "messages": messages, **params})
         prompt_tokens, completion_tokens = usage_tokens(response.get("usage"))
         message = _reply_message(response)
         content = message.get("content")

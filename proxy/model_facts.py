@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from proxy.registry import Deployment
+from proxy.registry import Deployment, Target
 
 
 def import_litellm() -> ModuleType:
@@ -62,7 +62,12 @@ class ModelFacts:
         """Blocking (seconds): call it from a thread at start-up."""
         self._litellm = import_litellm()
 
-    def max_input_tokens(self, deployment: Deployment) -> int | None:
+    def max_input_tokens(self, target: Target) -> int | None:
+        """A group's window is its smallest deployment's: a request must fit whichever one is picked."""
+        return min((window for d in target.deployments if (window := self._window(d)) is not None),
+                   default=None)
+
+    def _window(self, deployment: Deployment) -> int | None:
         if deployment.max_input_tokens is not None:
             return deployment.max_input_tokens
         if self._litellm is None:
@@ -71,21 +76,24 @@ class ModelFacts:
             self._windows[deployment.model] = self._litellm_info(deployment.model, "max_input_tokens")
         return self._windows[deployment.model]
 
-    def count_tokens(self, deployment: Deployment, messages: list[dict[str, Any]],
+    def count_tokens(self, target: Target, messages: list[dict[str, Any]],
                      tools: list[dict[str, Any]] | None = None) -> int:
-        """Exact where litellm knows the tokenizer. Blocking and ~5 MB/s: keep it off the event loop."""
+        """Exact where litellm knows the tokenizer (a group's first deployment's). Blocking and ~5 MB/s:
+        keep it off the event loop."""
         if self._litellm is not None:
             with contextlib.suppress(Exception):  # a model whose tokenizer litellm cannot find
-                return int(self._litellm.token_counter(model=deployment.model, messages=messages,
+                return int(self._litellm.token_counter(model=target.deployments[0].model, messages=messages,
                                                        tools=tools))
         tool_chars = len(orjson.dumps(tools)) if tools else 0
         return estimate_tokens(sum(len(message_text(m)) for m in messages) + tool_chars, len(messages))
 
-    def supports_reasoning(self, deployment: Deployment) -> bool:
-        """Whether litellm knows the model to take `reasoning_effort`."""
+    def supports_reasoning(self, target: Target) -> bool:
+        """Whether litellm knows every deployment's model to take `reasoning_effort`."""
+        return all(self._reasons(d.model) for d in target.deployments)
+
+    def _reasons(self, model: str) -> bool:
         if self._litellm is None:
             return False
-        model = deployment.model
         if model not in self._reasoning:
             try:
                 self._reasoning[model] = bool(self._litellm.supports_reasoning(model=model))
@@ -93,7 +101,11 @@ class ModelFacts:
                 self._reasoning[model] = False
         return self._reasoning[model]
 
-    def cost_usd(self, deployment: Deployment, prompt_tokens: int, completion_tokens: int) -> float:
+    def cost_usd(self, target: Target, prompt_tokens: int, completion_tokens: int) -> float:
+        """A deployment's price for the tokens; a group's dearest (an estimate made before it answers)."""
+        return max(self._cost(d, prompt_tokens, completion_tokens) for d in target.deployments)
+
+    def _cost(self, deployment: Deployment, prompt_tokens: int, completion_tokens: int) -> float:
         rates = self._rates(deployment)
         if rates is None:
             return 0.0

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from proxy.config import RLMSettings
 from proxy.errors import invalid_request
 from proxy.model_facts import ModelFacts, message_text
-from proxy.registry import Deployment
+from proxy.registry import Target
 
 RLM_PREFIX = "rlm/"
 MODE_HEADER = "x-rlm-mode"
@@ -56,7 +56,7 @@ class ModeRouter:
         self._settings = settings
         self._facts = facts
 
-    def threshold_tokens(self, deployment: Deployment) -> int:
+    def threshold_tokens(self, deployment: Target) -> int:
         if deployment.rlm_threshold_tokens is not None:
             return deployment.rlm_threshold_tokens
         if self._settings.threshold_tokens is not None:
@@ -67,7 +67,7 @@ class ModeRouter:
         return DEFAULT_THRESHOLD_TOKENS
 
     async def decide(self, header: str | None, requested_model: str, messages: list[dict[str, Any]],
-                     deployment: Deployment) -> ModeDecision:
+                     deployment: Target) -> ModeDecision:
         model, prefixed = split_model(requested_model)
         mode = header_mode(header)
         if mode == "on":
@@ -83,7 +83,7 @@ class ModeRouter:
         return ModeDecision("rlm", model, "over_threshold") if over else \
             ModeDecision("direct", model, "under_threshold")
 
-    async def over_threshold(self, messages: list[dict[str, Any]], deployment: Deployment) -> bool:
+    async def over_threshold(self, messages: list[dict[str, Any]], deployment: Target) -> bool:
         threshold = self.threshold_tokens(deployment)
         texts = [message_text(m) for m in messages]
         chars = sum(len(t) for t in texts)

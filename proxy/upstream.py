@@ -1,7 +1,8 @@
 """Calls to model providers: litellm for any provider, a direct HTTP fast path (aiohttp) for OpenAI-compatible
 ones.
 
-Both backends raise `UpstreamError`; `Upstream` adds bounded retries with backoff on top of either.
+Both backends raise `UpstreamError`; `Upstream` adds load balancing over a model group's deployments
+(proxy/balancer.py), bounded retries and fallbacks on top of either.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager, contextmanager
 from typing import Any, Protocol, TypeVar
@@ -20,11 +22,13 @@ import httpx
 import orjson
 from aiohttp.http_exceptions import LineTooLong
 
+from proxy.balancer import Balancer, Unavailable
 from proxy.config import UpstreamSettings
 from proxy.errors import ProxyError
 from proxy.metrics import upstream_wait
-from proxy.model_facts import import_litellm
-from proxy.registry import Deployment
+from proxy.model_facts import import_litellm, usage_tokens
+from proxy.registry import Deployment, ModelGroup, Target
+from proxy.router_config import RouterSettings
 
 T = TypeVar("T")
 
@@ -400,23 +404,41 @@ def _chat_usage(item: dict[str, Any]) -> dict[str, Any] | None:
 
 
 class UpstreamObserver(Protocol):
-    """Told about every upstream call's outcome (for metrics): usage of answers, errors after retries."""
+    """Told about every upstream call's outcome (for metrics), with the deployment that really answered:
+    usage of answers, and the error a model group ended with after its retries."""
 
     def on_usage(self, deployment: Deployment, usage: dict[str, Any]) -> None: ...
 
     def on_error(self, deployment: Deployment, error: UpstreamError) -> None: ...
 
 
+def unavailable_error(unavailable: Unavailable) -> UpstreamError:
+    error = UpstreamError(429, unavailable.reason, code="deployments_unavailable", retryable=True,
+                          headers={"retry-after": _retry_after_header(str(unavailable.retry_after_s))})
+    error.retry_after = unavailable.retry_after_s
+    return error
+
+
+def _marks_unwell(error: UpstreamError) -> bool:
+    """Whether a failure counts against the deployment (towards its cooldown) rather than the request."""
+    return error.status == 404 or error.status >= 429
+
+
 class Upstream:
-    """The single entry point for model calls, with retries; picks the backend per deployment."""
+    """The single entry point for model calls. Each call goes to a deployment of its model group chosen by
+    the balancer, retried on another deployment (or after a backoff, the same one) on 429, 5xx and
+    timeouts, then to the group's fallback groups; the backend is picked per deployment."""
 
     def __init__(self, settings: UpstreamSettings, observer: UpstreamObserver,
-                 http: HttpClient | None = None) -> None:
+                 http: HttpClient | None = None, *, balancer: Balancer | None = None,
+                 resolve: Callable[[str], ModelGroup] | None = None) -> None:
         self._settings = settings
         self._observer = observer
         self._http = http or AiohttpClient(settings.max_connections)
         self._fast = OpenAICompatBackend(self._http, settings)
         self._litellm: LiteLLMBackend | None = None
+        self._balancer = balancer or Balancer.from_settings(RouterSettings())
+        self._resolve = resolve  # fallback groups by name; None: no fallbacks
 
     def _takes_fast_path(self, deployment: Deployment) -> bool:
         return (self._settings.fast_path and deployment.provider == "openai"
@@ -430,66 +452,85 @@ class Upstream:
             self._litellm = LiteLLMBackend(self._settings)
         return self._litellm
 
-    async def complete(self, deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
-        backend = self.backend_for(deployment)
-        return await self._answered(deployment, lambda: backend.complete(deployment, body), _chat_usage)
+    async def complete(self, target: Target, body: dict[str, Any]) -> dict[str, Any]:
+        _, completion = await self.complete_routed(target, body)
+        return completion
 
-    async def embed(self, deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
+    async def embed(self, target: Target, body: dict[str, Any]) -> dict[str, Any]:
         """An embeddings answer: sent as it is on the fast path, through `litellm.aembedding` otherwise."""
-        if self._takes_fast_path(deployment):
-            return await self.forward(deployment, "/embeddings", body, _chat_usage)
-        backend = self._litellm_backend()
-        return await self._answered(deployment, lambda: backend.embed(deployment, body), _chat_usage)
+        def attempt(deployment: Deployment) -> Awaitable[dict[str, Any]]:
+            if self._takes_fast_path(deployment):
+                return self._post(deployment, "/embeddings", body)
+            return self._litellm_backend().embed(deployment, body)
 
-    async def complete_text(self, deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
+        _, answer = await self._answer(target, attempt, _chat_usage)
+        return answer
+
+    async def complete_text(self, target: Target, body: dict[str, Any]) -> dict[str, Any]:
         """A legacy completion (`/v1/completions`): sent as it is on the fast path, else through litellm."""
-        if self._takes_fast_path(deployment):
-            return await self.forward(deployment, "/completions", body, _chat_usage)
-        backend = self._litellm_backend()
-        return await self._answered(deployment, lambda: backend.complete_text(deployment, body), _chat_usage)
+        def attempt(deployment: Deployment) -> Awaitable[dict[str, Any]]:
+            if self._takes_fast_path(deployment):
+                return self._post(deployment, "/completions", body)
+            return self._litellm_backend().complete_text(deployment, body)
 
-    def stream_text(self, deployment: Deployment, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        _, answer = await self._answer(target, attempt, _chat_usage)
+        return answer
+
+    def stream_text(self, target: Target, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Chunks of a streamed legacy completion, usage always asked for; retried only before the first."""
-        if self._takes_fast_path(deployment):
-            asked = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
-            return self.forward_events(deployment, "/completions", asked, _chat_usage)
-        backend = self._litellm_backend()
-        return self._streamed(deployment, lambda: backend.stream_text(deployment, body), _chat_usage)
+        asked = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
 
-    async def stream(self, deployment: Deployment, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        def start(deployment: Deployment) -> AsyncIterator[dict[str, Any]]:
+            if self._takes_fast_path(deployment):
+                return self._post_events(deployment, "/completions", asked)
+            return self._litellm_backend().stream_text(deployment, body)
+
+        return self._streamed(target, start, _chat_usage)
+
+    async def complete_routed(self, target: Target,
+                              body: dict[str, Any]) -> tuple[Deployment, dict[str, Any]]:
+        """`complete`, and the deployment that answered (its prices are the call's)."""
+        return await self._answer(target, lambda d: self.backend_for(d).complete(d, body), _chat_usage)
+
+    async def stream(self, target: Target, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Chunks of a streamed completion. Retries happen only before the first chunk arrives."""
-        backend = self.backend_for(deployment)
-        async for chunk in self._streamed(deployment, lambda: backend.stream(deployment, body), _chat_usage):
+        async for chunk in self._streamed(target, lambda d: self.backend_for(d).stream(d, body), _chat_usage):
             yield chunk
 
-    async def forward(self, deployment: Deployment, path: str, body: dict[str, Any],
+    async def forward(self, target: Target, path: str, body: dict[str, Any],
                       usage_of: UsageOf, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
         """A request in a dialect the deployment speaks itself (`Deployment.speaks`), sent as it is to
         `path` with the provider's model name, with retries. `usage_of` reads usage in chat terms."""
-        payload = {**body, "model": deployment.provider_model}
-        post = self._fast.post_json
-        return await self._answered(deployment, lambda: post(deployment, path, payload, headers), usage_of)
-
-    async def _answered(self, deployment: Deployment, attempt: Callable[[], Awaitable[dict[str, Any]]],
-                        usage_of: UsageOf) -> dict[str, Any]:
-        """One answer, with retries; its usage and errors go to the observer."""
-        with self._observed(deployment):
-            answer = await self._with_retries(attempt)
-        if (usage := usage_of(answer)) is not None:
-            self._observer.on_usage(deployment, usage)
+        _, answer = await self._answer(target, lambda d: self._post(d, path, body, headers), usage_of)
         return answer
 
-    def forward_events(self, deployment: Deployment, path: str, body: dict[str, Any], usage_of: UsageOf,
+    def forward_events(self, target: Target, path: str, body: dict[str, Any], usage_of: UsageOf,
                        headers: Mapping[str, str] | None = None) -> AsyncIterator[dict[str, Any]]:
         """`forward` for a streamed answer: its events' data, retried only before the first one."""
-        payload = {**body, "model": deployment.provider_model}
-        return self._streamed(deployment, lambda: self._fast.post_events(deployment, path, payload, headers),
-                              usage_of)
+        return self._streamed(target, lambda d: self._post_events(d, path, body, headers), usage_of)
 
-    async def _streamed(self, deployment: Deployment, start: Callable[[], AsyncIterator[dict[str, Any]]],
+    def _post(self, deployment: Deployment, path: str, body: dict[str, Any],
+              headers: Mapping[str, str] | None = None) -> Awaitable[dict[str, Any]]:
+        """`body` as it is, with the provider's model name, to the deployment's `path` (fast path only)."""
+        return self._fast.post_json(deployment, path, {**body, "model": deployment.provider_model}, headers)
+
+    def _post_events(self, deployment: Deployment, path: str, body: dict[str, Any],
+                     headers: Mapping[str, str] | None = None) -> AsyncIterator[dict[str, Any]]:
+        return self._fast.post_events(deployment, path, {**body, "model": deployment.provider_model}, headers)
+
+    async def _answer(self, target: Target, attempt: Callable[[Deployment], Awaitable[dict[str, Any]]],
+                      usage_of: UsageOf) -> tuple[Deployment, dict[str, Any]]:
+        deployment, answer = await self._call(target, attempt)
+        self._balancer.ended(deployment)
+        if (usage := usage_of(answer)) is not None:
+            self._used(deployment, usage)
+        return deployment, answer
+
+    async def _streamed(self, target: Target, start: Callable[[Deployment], AsyncIterator[dict[str, Any]]],
                         usage_of: UsageOf) -> AsyncIterator[dict[str, Any]]:
-        async def open_stream() -> tuple[AsyncIterator[dict[str, Any]], dict[str, Any] | None]:
-            items = start()
+        async def open_stream(deployment: Deployment) -> tuple[AsyncIterator[dict[str, Any]],
+                                                               dict[str, Any] | None]:
+            items = start(deployment)
             try:
                 return items, await anext(items)
             except StopAsyncIteration:
@@ -498,17 +539,21 @@ class Upstream:
                 await items.aclose()  # type: ignore[attr-defined]
                 raise
 
-        with self._observed(deployment):
-            items, item = await self._with_retries(open_stream)
+        deployment, (items, item) = await self._call(target, open_stream)
         try:
             while item is not None:
                 if (usage := usage_of(item)) is not None:
-                    self._observer.on_usage(deployment, usage)
+                    self._used(deployment, usage)
                 yield item
                 with upstream_wait(), self._observed(deployment):
                     item = await anext(items, None)
         finally:
+            self._balancer.ended(deployment)  # a stream keeps its deployment busy until it ends
             await items.aclose()  # type: ignore[attr-defined]
+
+    def _used(self, deployment: Deployment, usage: dict[str, Any]) -> None:
+        self._observer.on_usage(deployment, usage)
+        self._balancer.used(deployment, sum(usage_tokens(usage)))
 
     @contextmanager
     def _observed(self, deployment: Deployment) -> Iterator[None]:
@@ -518,16 +563,67 @@ class Upstream:
             self._observer.on_error(deployment, error)
             raise
 
-    async def _with_retries(self, attempt: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, target: Target,
+                    attempt: Callable[[Deployment], Awaitable[T]]) -> tuple[Deployment, T]:
+        """The first answer: from the target's deployments, else from its fallback groups in order.
+        The deployment that answered stays counted as busy until the caller calls `ended`."""
+        try:
+            return await self._on_group(target, attempt)
+        except UpstreamError as error:
+            last, fallbacks = error, self._fallbacks(target, error)
+            if not fallbacks:
+                raise
+        for group in fallbacks:
+            try:
+                return await self._on_group(group, attempt)
+            except UpstreamError as error:
+                last = error
+        raise last
+
+    def _fallbacks(self, target: Target, error: UpstreamError) -> list[ModelGroup]:
+        if self._resolve is None or not isinstance(target, ModelGroup):
+            return []
+        if error.code == "context_length_exceeded":
+            names = target.context_window_fallbacks
+        else:
+            names = target.fallbacks if error.status >= 429 else ()
+        return [self._resolve(name) for name in names]
+
+    async def _on_group(self, target: Target, attempt: Callable[[Deployment], Awaitable[T]]
+                        ) -> tuple[Deployment, T]:
+        deployments, failed = target.deployments, []
         with upstream_wait():  # backoff pauses are the upstream's doing too
             for number in range(self._settings.max_retries + 1):
                 try:
-                    return await attempt()
+                    deployment = self._balancer.pick(deployments, failed)
+                except Unavailable as unavailable:
+                    if not failed:
+                        raise unavailable_error(unavailable) from None
+                    break  # the last failure says more than "now cooling down"
+                self._balancer.started(deployment)
+                began = time.monotonic()
+                try:
+                    answer = await attempt(deployment)
                 except UpstreamError as error:
+                    self._balancer.ended(deployment)
+                    if _marks_unwell(error):
+                        self._balancer.failed(deployment, len(deployments))
+                    failed.append(deployment.key)
+                    last = (deployment, error)
                     if not error.retryable or number == self._settings.max_retries:
-                        raise
-                    await asyncio.sleep(self._backoff(number, error))
-        raise AssertionError("unreachable: the last attempt returns or raises")
+                        break
+                    # Another deployment is tried at once; the same one only after a pause.
+                    if not self._balancer.has_other(deployments, failed):
+                        await asyncio.sleep(self._backoff(number, error))
+                    continue
+                except BaseException:
+                    self._balancer.ended(deployment)
+                    raise
+                self._balancer.answered(deployment, time.monotonic() - began)
+                return deployment, answer
+        deployment, error = last
+        self._observer.on_error(deployment, error)
+        raise error
 
     def _backoff(self, number: int, error: UpstreamError) -> float:
         ceiling = self._settings.retry_backoff_max_s

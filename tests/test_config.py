@@ -59,8 +59,14 @@ def test_litellm_proxy_config_loads_unchanged(tmp_path: Path) -> None:
     path = write(tmp_path, {
         "model_list": [{"model_name": "m", "litellm_params": {"model": "openai/x", "rpm": 10},
                         "model_info": {"id": "abc", "mode": "chat"}}],
-        "litellm_settings": {"drop_params": True}, "general_settings": {"master_key": "sk-1"}})
-    assert load_settings(path).model_list[0].model_name == "m"
+        "litellm_settings": {"num_retries": 4, "request_timeout": 30},
+        "router_settings": {"routing_strategy": "least-busy", "allowed_fails": 1, "cooldown_time": 30},
+        "general_settings": {"master_key": "sk-1"}})
+    settings = load_settings(path)
+    assert settings.model_list[0].model_name == "m"
+    # LiteLLM's names for settings of ours are read as those settings.
+    assert (settings.upstream.max_retries, settings.upstream.timeout_s) == (4, 30)
+    assert settings.server.master_key is not None and settings.server.master_key.get_secret_value() == "sk-1"
 
 
 @pytest.mark.parametrize(("data", "environ", "names"), [
@@ -85,6 +91,25 @@ def test_litellm_proxy_config_loads_unchanged(tmp_path: Path) -> None:
      "keys[1] is the same key as keys[0]"),
     ({"server": {"master_key": "sk-a", "api_keys": ["sk-a"]}}, {},
      "master_key is the same key as api_keys[0]"),
+    # LiteLLM settings rlm-proxy does not implement are refused by name, never ignored.
+    ({"litellm_settings": {"drop_params": True}}, {}, "'litellm_settings.drop_params' is not supported"),
+    ({"router_settings": {"redis_host": "r"}}, {}, "'router_settings.redis_host' is not supported"),
+    ({"general_settings": {"database_url": "x"}}, {}, "'general_settings.database_url' is not supported"),
+    ({"router_settings": {"routing_strategy": "usage-based-routing"}}, {},
+     "router_settings.routing_strategy"),
+    ({"router_settings": {"num_retries": 1}, "litellm_settings": {"num_retries": 2}}, {},
+     "the retry count is given differently in router_settings.num_retries and litellm_settings.num_retries"),
+    ({"general_settings": {"master_key": "sk-a"}, "server": {"master_key": "sk-b"}}, {},
+     "the master key is given differently"),
+    ({"general_settings": {"master_key": "sk-a"}, "server": {"api_keys": ["sk-a"]}}, {},
+     "master_key is the same key as api_keys[0]"),
+    ({"model_list": [{"model_name": "m", "litellm_params": {"model": "x", "weight": -1}}]}, {},
+     "litellm_params.weight must be a positive number"),
+    ({"model_list": [{"model_name": "m", "litellm_params": {"model": "x"}}],
+      "router_settings": {"fallbacks": [{"m": ["nope"]}]}}, {}, "fallbacks: 'nope' is not a model_name"),
+    ({"router_settings": {"context_window_fallbacks": [{"m": ["a"]}]},
+      "litellm_settings": {"context_window_fallbacks": [{"m": ["b"]}]}}, {},
+     "'m' has context_window_fallbacks in both router_settings and litellm_settings"),
 ])
 def test_bad_config_names_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: object,
                                       environ: dict[str, str], names: str) -> None:

@@ -23,10 +23,10 @@ async def completions(request: Request, services: ServicesDep) -> Response:
     model_name(body)
     check_text_input(body, "prompt")
     stream, include_usage = stream_flags(body)
-    deployment = core.route_passthrough(request, services, body)
+    group = core.route_passthrough(request, services, body)
     if stream:
-        first, chunks = await core.opened(request, services.upstream.stream_text(deployment, body))
+        first, chunks = await core.opened(request, services.upstream.stream_text(group, body))
         relayed = relay(first, chunks, include_usage, "text_completion")
         return SSEResponse(guard_stream(relayed), headers=core.DIRECT_HEADERS)
-    answer = await until_disconnect(request.receive, services.upstream.complete_text(deployment, body))
+    answer = await until_disconnect(request.receive, services.upstream.complete_text(group, body))
     return Response(orjson.dumps(answer), media_type="application/json", headers=core.DIRECT_HEADERS)

@@ -22,7 +22,7 @@ from proxy.auth import Identity
 from proxy.cache import CachePolicy
 from proxy.errors import invalid_request
 from proxy.middleware import RouteInfo
-from proxy.registry import Deployment
+from proxy.registry import ModelGroup
 from proxy.rlm.engine import RunRequest
 from proxy.rlm.events import Event, RunFinished
 from proxy.routing import MODE_HEADER, header_mode, split_model
@@ -34,7 +34,7 @@ DIRECT_HEADERS = {"x-rlm-mode": "direct"}
 class Direct:
     """A request for the upstream model itself; `chat.body['model']` no longer carries `rlm/`."""
 
-    deployment: Deployment
+    group: ModelGroup  # the requested model's deployments; Upstream picks one per call
     chat: ChatRequest
 
 
@@ -54,9 +54,9 @@ async def route(request: Request, services: Services, identity: Identity,
                 chat: ChatRequest) -> Direct | RLMRun:
     """Decide direct or RLM for a request already in Chat Completions form, and prepare that path."""
     model, _ = split_model(chat.model)
-    deployment = services.registry.resolve(model)
+    group = services.registry.resolve(model)
     decision = await services.router.decide(request.headers.get(MODE_HEADER), chat.model, chat.messages,
-                                            deployment)
+                                            group)
     _note_route(request, services, decision.mode, decision.model)
     if decision.mode == "rlm":
         cache = CachePolicy.from_header(request.headers.get("cache-control"),
@@ -68,11 +68,11 @@ async def route(request: Request, services: Services, identity: Identity,
         return RLMRun(run, events)
     if decision.model != chat.model:
         chat.body["model"] = decision.model
-    return Direct(deployment, chat)
+    return Direct(group, chat)
 
 
-def route_passthrough(request: Request, services: Services, body: dict[str, Any]) -> Deployment:
-    """The deployment for a request that only the upstream model answers (embeddings, legacy completions),
+def route_passthrough(request: Request, services: Services, body: dict[str, Any]) -> ModelGroup:
+    """The model group for a request that only the upstream model answers (embeddings, legacy completions),
     whose `model` is checked already. RLM mode answers chat-like requests only: the `rlm/` prefix,
     `x-rlm-mode: on` and an `rlm` object are refused rather than ignored."""
     name, prefixed = split_model(body["model"])
@@ -82,9 +82,9 @@ def route_passthrough(request: Request, services: Services, body: dict[str, Any]
         raise invalid_request(f"RLM mode answers chat-like requests only (chat completions, responses, "
                               f"messages); {request.url.path} passes requests through to the model, so "
                               f"{what} cannot ask for it.", param=param, code="rlm_not_supported")
-    deployment = services.registry.resolve(name)
+    group = services.registry.resolve(name)
     _note_route(request, services, "direct", name)
-    return deployment
+    return group
 
 
 def _rlm_asked_by(request: Request, body: dict[str, Any], prefixed: bool) -> tuple[str, str] | None:
@@ -110,13 +110,13 @@ def _note_route(request: Request, services: Services, mode: str, model: str) -> 
 async def complete(request: Request, services: Services, direct: Direct) -> dict[str, Any]:
     """The upstream's chat completion; the call is cancelled if the client goes away."""
     return await until_disconnect(request.receive,
-                                  services.upstream.complete(direct.deployment, direct.chat.body))
+                                  services.upstream.complete(direct.group, direct.chat.body))
 
 
 async def stream(request: Request, services: Services,
                  direct: Direct) -> tuple[dict[str, Any] | None, AsyncIterator[dict[str, Any]]]:
     """The upstream's first chunk (None for an empty stream) and the rest (see `opened`)."""
-    return await opened(request, services.upstream.stream(direct.deployment, direct.chat.body))
+    return await opened(request, services.upstream.stream(direct.group, direct.chat.body))
 
 
 async def opened(request: Request, items: AsyncIterator[dict[str, Any]]

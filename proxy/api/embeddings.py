@@ -23,8 +23,8 @@ ENCODING_FORMATS = ("float", "base64")
 @router.post("/embeddings", include_in_schema=False)
 async def embeddings(request: Request, services: ServicesDep) -> Response:
     body = parse_embeddings_request(await read_body(request))
-    deployment = core.route_passthrough(request, services, body)
-    answer = await until_disconnect(request.receive, services.upstream.embed(deployment, body))
+    group = core.route_passthrough(request, services, body)
+    answer = await until_disconnect(request.receive, services.upstream.embed(group, body))
     return Response(orjson.dumps(answer), media_type="application/json", headers=core.DIRECT_HEADERS)
 
 

@@ -39,9 +39,9 @@ async def messages(request: Request, services: ServicesDep, identity: AnthropicI
     routed = await core.route(request, services, identity, chat)
     if isinstance(routed, core.RLMRun):
         return await _rlm_answer(request, routed, chat, services.settings.rlm.heartbeat_s)
-    if routed.deployment.speaks("messages"):
+    if routed.group.speaks("messages"):
         return await _forward(request, services, routed, parsed.body)
-    if parsed.reasoning_effort is not None and services.facts.supports_reasoning(routed.deployment):
+    if parsed.reasoning_effort is not None and services.facts.supports_reasoning(routed.group):
         chat.body["reasoning_effort"] = parsed.reasoning_effort
     if chat.stream:
         first, chunks = await core.stream(request, services, routed)
@@ -55,12 +55,12 @@ async def messages(request: Request, services: ServicesDep, identity: AnthropicI
 @router.post("/v1/messages/count_tokens")
 async def count_tokens(request: Request, services: ServicesDep, identity: AnthropicIdentityDep) -> Response:
     parsed = anthropic.parse_messages_request(await read_body(request), count_only=True)
-    deployment = services.registry.resolve(split_model(parsed.chat.model)[0])
-    if deployment.speaks("messages"):
+    group = services.registry.resolve(split_model(parsed.chat.model)[0])
+    if group.speaks("messages"):
         counted = await until_disconnect(request.receive, services.upstream.forward(
-            deployment, "/messages/count_tokens", parsed.body, lambda _: None, _forwarded_headers(request)))
+            group, "/messages/count_tokens", parsed.body, lambda _: None, _forwarded_headers(request)))
         return _json(counted)
-    tokens = await asyncio.to_thread(services.facts.count_tokens, deployment, parsed.chat.messages,
+    tokens = await asyncio.to_thread(services.facts.count_tokens, group, parsed.chat.messages,
                                      parsed.chat.body.get("tools"))
     return _json({"input_tokens": tokens})
 
@@ -71,12 +71,12 @@ async def _forward(request: Request, services: Services, direct: core.Direct,
     upstream, headers = services.upstream, _forwarded_headers(request)
     body = anthropic.without_unsigned_thinking(body)
     if direct.chat.stream:
-        events = upstream.forward_events(direct.deployment, "/messages", body, anthropic.chat_usage, headers)
+        events = upstream.forward_events(direct.group, "/messages", body, anthropic.chat_usage, headers)
         first = await until_disconnect(request.receive, anext(events, None))
         encoded = _encoded(chained([first] if first is not None else [], events))
         return SSEResponse(guard_stream(encoded, anthropic.error_events), headers=core.DIRECT_HEADERS)
     answer = await until_disconnect(request.receive, upstream.forward(
-        direct.deployment, "/messages", body, anthropic.chat_usage, headers))
+        direct.group, "/messages", body, anthropic.chat_usage, headers))
     return _json(answer, core.DIRECT_HEADERS)
 
 

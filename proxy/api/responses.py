@@ -58,9 +58,9 @@ async def create_response(request: Request, services: ServicesDep, identity: Ide
     keep = _keeper(services, identity, parsed, history)
     if isinstance(routed, core.RLMRun):
         return await _rlm(request, services, routed, parsed, keep)
-    if routed.deployment.speaks("responses"):
+    if routed.group.speaks("responses"):
         return await _native(request, services, routed, parsed, history, keep)
-    if not services.facts.supports_reasoning(routed.deployment):
+    if not services.facts.supports_reasoning(routed.group):
         chat.body.pop("reasoning_effort", None)
     shell = response_shell(parsed, new_id("resp"))
     if parsed.stream:
@@ -178,11 +178,11 @@ async def _native(request: Request, services: Services, direct: core.Direct, par
         body["input"] = [item for item in [*history, *parsed.input_items] if item.get("type") != "reasoning"]
     upstream = services.upstream
     if not parsed.stream:
-        forwarded = upstream.forward(direct.deployment, NATIVE_PATH, body, native_usage)
+        forwarded = upstream.forward(direct.group, NATIVE_PATH, body, native_usage)
         answer = await until_disconnect(request.receive, forwarded)
         await keep(answer)
         return _json(answer, core.DIRECT_HEADERS)
-    items = upstream.forward_events(direct.deployment, NATIVE_PATH, body, native_usage)
+    items = upstream.forward_events(direct.group, NATIVE_PATH, body, native_usage)
     first = await until_disconnect(request.receive, anext(items, None))
     return SSEResponse(_relayed(first, items, keep), headers=core.DIRECT_HEADERS)
 
