@@ -83,7 +83,9 @@ def reply(messages: list[Message]) -> str | None:
     """The scripted answer, or None when the request is neither an RLM root call nor a task question."""
     if messages and messages[0].role == "system" and ROOT_MARKER in messages[0].text:
         return _root_reply(messages)
-    return _plain_reply(messages[-1].text if messages else "")
+    # The last user message holds the question, even when a client sends system text after it (Claude Code).
+    users = [m.text for m in messages if m.role == "user"]
+    return _plain_reply(users[-1] if users else messages[-1].text if messages else "")
 
 
 # ---------------------------------------------------------------------------------------------------------
