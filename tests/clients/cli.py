@@ -11,6 +11,7 @@ from pathlib import Path
 
 INSTALL_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "install_clients.sh"
 CODEX_KEY_ENV = "RLM_PROXY_KEY"
+INSTALL_TIMEOUT_S = 600  # about 800 MB from the npm registry on first use
 
 Run = subprocess.CompletedProcess[str]
 RunClient = Callable[..., Run]
@@ -18,7 +19,8 @@ RunClient = Callable[..., Run]
 
 def install() -> Path:
     """The directory holding `codex` and `claude`, installed (pinned) on first use."""
-    result = subprocess.run([str(INSTALL_SCRIPT)], capture_output=True, text=True, timeout=600)
+    result = subprocess.run([str(INSTALL_SCRIPT)], capture_output=True, text=True,
+                            timeout=INSTALL_TIMEOUT_S)
     if result.returncode != 0:
         raise RuntimeError(f"{INSTALL_SCRIPT.name} could not install the CLI clients:\n{result.stderr}")
     return Path(result.stdout.splitlines()[-1])
