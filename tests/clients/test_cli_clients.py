@@ -4,6 +4,7 @@ prompt (direct mode) and for a 1 MB needle prompt (RLM mode)."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def client_bin() -> Path:
 @pytest.fixture(scope="module")
 def clients_proxy(mock_upstream: Mock, start_proxy: StartProxy) -> Server:
     config = rlm_config(mock_upstream)
-    config["model_list"].append({**config["model_list"][0], "model_name": CLAUDE_MODEL})
+    config["model_list"].append({**copy.deepcopy(config["model_list"][0]), "model_name": CLAUDE_MODEL})
     return start_proxy(config)
 
 
