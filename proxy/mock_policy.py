@@ -99,7 +99,9 @@ def reply(messages: list[Message], tools: bool = False) -> str | CallTool | None
     `tools`: the request offers tools the model may call."""
     if is_root_call(messages):
         return _root_reply(messages, tools)
-    return _plain_reply(messages[-1].text if messages else "")
+    # The last user message holds the question, even when a client sends system text after it (Claude Code).
+    users = [m.text for m in messages if m.role == "user"]
+    return _plain_reply(users[-1] if users else messages[-1].text if messages else "")
 
 
 # ---------------------------------------------------------------------------------------------------------

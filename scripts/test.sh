@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs everything the tests need (Python packages into .venv; Redis and Prometheus from the
+# Installs everything the tests need (Python packages into .venv; Redis, Prometheus and npm from the
 # distribution), lints, and runs the whole suite; arguments go to pytest.
 RLM_PROXY_EXTRAS="[dev]"
 source "$(dirname "$0")/bootstrap.sh"
@@ -7,6 +7,7 @@ source "$(dirname "$0")/bootstrap.sh"
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v promtool >/dev/null || missing+=(prometheus)
+command -v npm >/dev/null || missing+=(npm)  # installs the CLI clients (scripts/install_clients.sh)
 if ((${#missing[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"

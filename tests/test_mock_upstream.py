@@ -15,6 +15,7 @@ import pytest
 import uvicorn
 
 from proxy import mock_embeddings, mock_policy
+from proxy.mock_policy import needle_prompt
 from proxy.mock_upstream import MockSettings, build_mock_app
 
 CONTEXT_WINDOW = 2000
@@ -116,6 +117,16 @@ def test_non_streaming_content_and_usage(mock: _RunningMock) -> None:
     assert completion.usage.prompt_tokens == prompt_tokens
     assert completion.usage.completion_tokens == completion_tokens
     assert completion.usage.total_tokens == prompt_tokens + completion_tokens
+
+
+def test_needle_question_is_answered_from_the_last_user_message(mock: _RunningMock) -> None:
+    """Claude Code sends its environment as a system message after the user's; the answer is the user's."""
+    messages: list[Any] = [
+        {"role": "user", "content": needle_prompt(2_000, "amber-key", "6021")},
+        {"role": "system", "content": [{"type": "text", "text": "# Environment\nPlatform: linux"}]},
+    ]
+    completion = mock.sdk().chat.completions.create(model="m", messages=messages)
+    assert completion.choices[0].message.content == "6021"
 
 
 def test_content_parts_and_reply_truncation(mock: _RunningMock) -> None:
