@@ -458,20 +458,19 @@ class Upstream:
 
     async def embed(self, target: Target, body: dict[str, Any]) -> dict[str, Any]:
         """An embeddings answer: sent as it is on the fast path, through `litellm.aembedding` otherwise."""
-        def attempt(deployment: Deployment) -> Awaitable[dict[str, Any]]:
-            if self._takes_fast_path(deployment):
-                return self._post(deployment, "/embeddings", body)
-            return self._litellm_backend().embed(deployment, body)
-
-        _, answer = await self._answer(target, attempt, _chat_usage)
-        return answer
+        return await self._passed_through(target, "/embeddings", body, LiteLLMBackend.embed)
 
     async def complete_text(self, target: Target, body: dict[str, Any]) -> dict[str, Any]:
         """A legacy completion (`/v1/completions`): sent as it is on the fast path, else through litellm."""
+        return await self._passed_through(target, "/completions", body, LiteLLMBackend.complete_text)
+
+    async def _passed_through(self, target: Target, path: str, body: dict[str, Any],
+                              through_litellm: Callable[[LiteLLMBackend, Deployment, dict[str, Any]],
+                                                        Awaitable[dict[str, Any]]]) -> dict[str, Any]:
         def attempt(deployment: Deployment) -> Awaitable[dict[str, Any]]:
             if self._takes_fast_path(deployment):
-                return self._post(deployment, "/completions", body)
-            return self._litellm_backend().complete_text(deployment, body)
+                return self._post(deployment, path, body)
+            return through_litellm(self._litellm_backend(), deployment, body)
 
         _, answer = await self._answer(target, attempt, _chat_usage)
         return answer
