@@ -106,7 +106,7 @@ async def test_an_rlm_run_ending_in_tool_calls_streams_tool_use_blocks() -> None
     call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "x"}'}}
     finished = RunFinished(answer="", finish_reason="tool_calls", stopped=None,
                            stats=RunStats(prompt_tokens=7, completion_tokens=3), tool_calls=(call,))
-    run = SimpleNamespace(events=_events(IterationStarted(iteration=1, depth=1), finished))
+    run = SimpleNamespace(run_id="r1", events=_events(IterationStarted(iteration=1, depth=1), finished))
     events = [event async for event in _rlm_events(run, MessageStream("msg_1", "m"), 10)]  # type: ignore[arg-type]
     message = accumulated(events)
     thinking, tool_use = message.content

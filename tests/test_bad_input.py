@@ -82,3 +82,15 @@ def test_malformed_request(small_proxy: Server, name: str, method: str, body: by
                     json={"model": "mock", "messages": [{"role": "user", "content": "still there?"}]})
     assert ok.status_code == 200
     assert small_proxy.process.poll() is None
+
+
+@pytest.mark.parametrize("path", ["/v1/responses", "/v1/embeddings", "/v1/completions", "/v1/messages"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["with-length", "chunked"])
+def test_every_model_route_refuses_a_huge_body(small_proxy: Server, path: str, chunked: bool) -> None:
+    content = _chunks(BODY_LIMIT * 4) if chunked else b"{" + b" " * (BODY_LIMIT + 10) + b"}"
+    response = httpx.post(small_proxy.url + path, content=content, headers=JSON, timeout=10)
+    assert response.status_code == 413, response.text
+    error = response.json()["error"]
+    # Each route answers in its own dialect: Anthropic's error type, or OpenAI's code.
+    assert error["type" if path == "/v1/messages" else "code"] == "request_too_large"
+    assert small_proxy.process.poll() is None

@@ -296,3 +296,29 @@ def test_claude_code_in_rlm_mode(proxy: Server) -> None:
     assert kinds == ["thinking", "text"]
     text = "".join(data["delta"].get("text", "") for name, data in events if name == "content_block_delta")
     assert text == VALUE
+    # As on chat completions, the stream's end carries the run's summary.
+    [delta] = [data for name, data in events if name == "message_delta"]
+    assert delta["rlm"]["run_id"] == response.headers["x-rlm-run-id"]
+    assert delta["rlm"]["subcalls"] >= 8
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+def test_rlm_mode_through_a_native_anthropic_deployment(proxy: Server, mock_upstream: Mock,
+                                                        stream: bool) -> None:
+    """The root and sub-models are an `anthropic/` deployment: litellm calls it in the Messages dialect."""
+    before = mock_upstream.stats()["requests"]
+    kwargs: dict[str, Any] = {"model": "rlm/claude-native", "max_tokens": 1000,
+                              # a needle of its own per case: the cache would answer a repeat
+                              "messages": user(needle_prompt(300_000, f"{KEY}-{stream}", VALUE, depth=0.4))}
+    if stream:
+        with client(proxy).messages.stream(**kwargs) as events:
+            headers = events.response.headers
+            message = events.get_final_message()
+    else:
+        raw = client(proxy).messages.with_raw_response.create(**kwargs)
+        headers, message = raw.headers, raw.parse()
+    assert headers["x-rlm-mode"] == "rlm"
+    assert message.content[-1].text == VALUE
+    # Root replies and sub-calls all went to the mock's /v1/messages (litellm's Anthropic provider).
+    assert mock_upstream.stats()["anthropic_headers"]["x-api-key"] == "sk-upstream"
+    assert mock_upstream.stats()["requests"] - before >= 3  # two root replies, sub-calls (some cached)

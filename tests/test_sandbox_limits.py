@@ -31,6 +31,9 @@ CONTEXT = "0123456789" * 10_000  # 100,000 characters
 LOST_VARIABLES = "every variable, function and import defined so far was lost"
 MEMORY_BOMBS = ["x = 'x' * 10**11", "blocks = []\nwhile True:\n    blocks.append(bytearray(10**7))"]
 PROBE_PATH = "/tmp/rlm-sandbox-limits-probe"
+# The CPU limit stops a block in well under a second of wall time on an idle machine; a shared 2-core machine
+# may stretch that several times. Below the wall limit (10 s) still shows the CPU limit did the stopping.
+WELL_BEFORE_THE_WALL_LIMIT_S = 8
 
 
 PARENT_SCRIPT = f"""
@@ -175,7 +178,7 @@ async def test_an_infinite_loop_times_out_and_the_session_keeps_variables(sessio
     result = await run(session, "while True:\n    pass")
     assert result.outcome == "timeout" and not result.worker_restarted
     assert "CpuTimeExceeded: the block used more than its 0.5 s of CPU time" in result.output
-    assert result.duration_s < 3
+    assert result.duration_s < WELL_BEFORE_THE_WALL_LIMIT_S
     after = await run(session, "print(kept + 1)")
     assert (after.outcome, after.output, after.worker_restarted) == ("ok", "42\n", False)
 
@@ -186,7 +189,7 @@ async def test_code_that_swallows_the_timeout_is_killed_and_replaced(session: Sa
     result = await run(session, swallowing)
     assert result.outcome == "killed" and result.worker_restarted
     assert "CPU time allowance" in result.output and LOST_VARIABLES in result.output
-    assert result.duration_s < 4
+    assert result.duration_s < WELL_BEFORE_THE_WALL_LIMIT_S
     lost = await run(session, "print(kept)")
     assert lost.outcome == "error" and "NameError" in lost.output
     assert (await run(session, "print(len(context))")).output == "100000\n"
@@ -195,7 +198,8 @@ async def test_code_that_swallows_the_timeout_is_killed_and_replaced(session: Sa
 @pytest.mark.parametrize("code", MEMORY_BOMBS, ids=["one_huge_string", "growing_list"])
 async def test_memory_bombs_are_contained(session: SandboxSession, code: str) -> None:
     result = await run(session, code)
-    assert result.outcome in ("error", "killed")
+    # On a loaded machine page faults may spend the block's 0.5 s of CPU before memory runs out: also held.
+    assert result.outcome in ("error", "killed", "timeout")
     if result.outcome == "error":
         assert "MemoryError" in result.output and "memory limit" in result.output
     await run(session, "blocks = None")
@@ -219,7 +223,7 @@ async def test_deep_recursion_is_an_error(session: SandboxSession) -> None:
 
 async def test_a_catastrophic_regex_is_stopped(session: SandboxSession) -> None:
     result = await run(session, "import re\nre.match(r'(a+)+$', 'a' * 40 + 'b')")
-    assert result.outcome in ("timeout", "killed") and result.duration_s < 4
+    assert result.outcome in ("timeout", "killed") and result.duration_s < WELL_BEFORE_THE_WALL_LIMIT_S
     assert (await run(session, "print(1)")).output == "1\n"
 
 

@@ -132,7 +132,7 @@ async def _rlm_events(run: core.RLMRun, writer: anthropic.MessageStream, heartbe
                   for start in range(0, len(answer), ANSWER_DELTA_CHARS)]
         chunks += [writer.tool_call({**call, "index": index}) for index, call in enumerate(item.tool_calls)]
         chunks.append(writer.finish(anthropic.STOP_REASONS[item.finish_reason],
-                                    anthropic.usage(item.stats.usage())))
+                                    anthropic.usage(item.stats.usage()), rlm=summary(run.run_id, item)))
         for events in chunks:
             for event in events:
                 yield event

@@ -399,9 +399,12 @@ class MessageStream:
             events.append(self._event("content_block_delta", index=self._tools[index], delta=delta))
         return events
 
-    def finish(self, stop_reason: str, counts: dict[str, int]) -> list[bytes]:
+    def finish(self, stop_reason: str, counts: dict[str, int], **extra: Any) -> list[bytes]:
+        """The closing events; `extra` goes in `message_delta` (the proxy's `rlm` summary: the SDKs keep
+        unknown fields)."""
         return [*self._close(), self._event("message_delta", delta={"stop_reason": stop_reason,
-                                                                    "stop_sequence": None}, usage=counts),
+                                                                    "stop_sequence": None}, usage=counts,
+                                            **extra),
                 self._event("message_stop")]
 
     def _delta(self, kind: str, start: dict[str, Any], delta: dict[str, Any]) -> list[bytes]:
