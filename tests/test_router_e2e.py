@@ -37,7 +37,7 @@ def deployment(name: str, mock: Mock, **params: Any) -> dict[str, Any]:
 def router_proxy(mocks: dict[str, Mock], start_proxy: StartProxy) -> Server:
     config = proxy_config(mocks["a"], upstream={"max_retries": 2}, sandbox={"workers": 1},
                           router_settings={"allowed_fails": 1, "cooldown_time": 600,
-                                           "fallbacks": [{"broken": ["spread"]}],
+                                           "fallbacks": [{"broken": ["spread"]}, {"rlm-broken": ["rlm"]}],
                                            "context_window_fallbacks": [{"small": ["spread"]}]})
     config["model_list"] = [
         deployment("spread", mocks["a"], weight=1), deployment("spread", mocks["b"], weight=3),
@@ -45,6 +45,7 @@ def router_proxy(mocks: dict[str, Mock], start_proxy: StartProxy) -> Server:
         deployment("broken", mocks["failing"]),
         deployment("small", mocks["small"]),
         *({**deployment("rlm", mocks[name]), "model_info": RLM_MODEL_INFO} for name in ("a", "b")),
+        {**deployment("rlm-broken", mocks["failing"]), "model_info": RLM_MODEL_INFO},
     ]
     config["upstream"]["timeout_s"] = 30
     return start_proxy(config)
@@ -123,6 +124,19 @@ def test_rlm_sub_calls_spread_over_the_deployments(router_proxy: Server, mocks: 
     assert answer == "4817302"
     a, b = requests(mocks["a"]), requests(mocks["b"])
     assert a + b > 2_000_000 // 114_000 and a > 0 and b > 0
+
+
+def test_rlm_root_and_sub_calls_fall_back_to_another_group(router_proxy: Server,
+                                                           mocks: dict[str, Mock]) -> None:
+    reset(mocks)
+    answer = ask(router_proxy, "rlm-broken", needle_prompt(300_000, "quiet-lantern", "5150"),
+                 headers={"x-rlm-mode": "on", **NO_CACHE})
+    assert answer == "5150"
+    # Two root replies and at least one sub-call, each tried on `rlm-broken` (three attempts) and then
+    # answered by `rlm`.
+    answered = requests(mocks["a"]) + requests(mocks["b"])
+    assert answered >= 3
+    assert requests(mocks["failing"]) == 3 * answered
 
 
 def test_an_unsupported_litellm_setting_stops_the_start(mocks: dict[str, Mock], start_proxy: StartProxy,
