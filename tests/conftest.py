@@ -11,13 +11,24 @@ import yaml
 from tests.harness import MOCK_WINDOW_TOKENS, Mock, Redis, Server, StartProxy, proxy_config, start_server
 
 
-@pytest.fixture(scope="session")
-def mock_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mock]:
+def _mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mock]:
     log = tmp_path_factory.mktemp("mock") / "mock.log"
     server = start_server(["mock-upstream", "--context-window-tokens", str(MOCK_WINDOW_TOKENS)],
                           "/v1/models", log)
     yield Mock(server)
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def mock_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mock]:
+    yield from _mock(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def own_mock_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mock]:
+    """A mock for one module whose tests count its requests exactly: calls still arriving from another
+    module's runs (a cancelled run's last sub-calls) cannot reach it."""
+    yield from _mock(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,12 @@ RLM_ON = {"x-rlm-mode": "on"}
 
 
 @pytest.fixture(scope="module")
+def mock_upstream(own_mock_upstream: Mock) -> Mock:
+    """This module counts upstream requests exactly: it has a mock of its own."""
+    return own_mock_upstream
+
+
+@pytest.fixture(scope="module")
 def cached_proxy(mock_upstream: Mock, start_proxy: StartProxy, redis_server: Redis) -> Server:
     return start_proxy(rlm_config(mock_upstream, cache={"redis_url": redis_server.url, "redis_retry_s": 0.2}))
 
