@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
+from proxy.admission import RunAdmission, default_capacity, memory_limit_bytes
 from proxy.api import chat, completions, embeddings, health, messages, models, prometheus, responses
 from proxy.api.deps import Services
 from proxy.auth import KeyChecker
@@ -59,6 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
         metrics=metrics,
         cache=cache,
         responses=ResponseStore(settings.responses, settings.cache),
+        admission=_admission(settings, metrics),
     )
 
     @asynccontextmanager
@@ -125,6 +127,14 @@ def _sandbox_limits(settings: Settings) -> SandboxLimits:
                          cpu_s_per_run=sandbox.cpu_s_per_run, wall_s_per_block=sandbox.wall_s_per_block,
                          max_output_chars=settings.rlm.max_output_chars,
                          max_batch_bytes=sandbox.max_batch_mb * MIB, max_run_bytes=sandbox.max_run_mb * MIB)
+
+
+def _admission(settings: Settings, metrics: Metrics) -> RunAdmission:
+    admission, sandbox = settings.admission, settings.sandbox
+    capacity = admission.max_concurrent_rlm_runs or default_capacity(sandbox.memory_mb, sandbox.max_workers,
+                                                                     memory_limit_bytes())
+    return RunAdmission(capacity, admission.max_queued_rlm_runs, admission.queue_timeout_s,
+                        observer=metrics)
 
 
 def _pool_limits(settings: Settings) -> PoolLimits:

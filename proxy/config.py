@@ -153,6 +153,15 @@ class CacheSettings(_Section):
     enabled: bool = True
 
 
+class AdmissionSettings(_Section):
+    """How many RLM runs a server process takes at once, and how long others may wait (proxy/admission.py)."""
+
+    max_concurrent_rlm_runs: int | None = Field(
+        default=None, ge=1, description="runs at once; default: what memory holds, up to max_workers")
+    max_queued_rlm_runs: int = Field(default=100, ge=0, description="runs waiting for a slot, then 503")
+    queue_timeout_s: float = Field(default=30.0, ge=0, description="a queued run's wait, then 503")
+
+
 class ResponsesSettings(_Section):
     """Stored responses of /v1/responses (retrieve, delete, previous_response_id): in the Redis of
     `cache.redis_url` when set (every replica sees them), else in a bounded in-process store."""
@@ -216,6 +225,7 @@ class Settings(BaseSettings):
     responses: ResponsesSettings = ResponsesSettings()
     rlm: RLMSettings = RLMSettings()
     sandbox: SandboxSettings = SandboxSettings()
+    admission: AdmissionSettings = AdmissionSettings()
     # LiteLLM Proxy's sections, so that its config files load: the keys we read (proxy/router_config.py).
     litellm_settings: LiteLLMSettings = LiteLLMSettings()
     general_settings: GeneralSettings = GeneralSettings()

@@ -22,6 +22,7 @@ from proxy.model_facts import ModelFacts, usage_tokens
 from proxy.registry import Deployment
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+ADMISSION_REJECTIONS = ("queue_full", "queue_timeout")
 OTHER = "other"
 # Requests range from milliseconds (passthrough) to half an hour (RLM runs over huge inputs).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200,
@@ -45,6 +46,9 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "rlm_proxy_cache_requests_total": ("counter", ("result",)),
     "rlm_proxy_sandbox_executions_total": ("counter", ("outcome",)),
     "rlm_proxy_sandbox_execution_seconds": ("histogram", ()),
+    "rlm_proxy_rlm_runs_running": ("gauge", ()),
+    "rlm_proxy_rlm_runs_queued": ("gauge", ()),
+    "rlm_proxy_admission_rejected_total": ("counter", ("reason",)),
 }
 
 
@@ -81,6 +85,21 @@ class Metrics:
         self.sandbox = counter("rlm_proxy_sandbox_executions_total", "Code blocks run, by outcome.")
         self.sandbox_seconds = histogram("rlm_proxy_sandbox_execution_seconds",
                                          "Wall time of one code block.", SANDBOX_BUCKETS)
+        self.runs_running = Gauge("rlm_proxy_rlm_runs_running", "RLM runs holding an admission slot.",
+                                  registry=owner, multiprocess_mode="livesum")
+        self.runs_queued = Gauge("rlm_proxy_rlm_runs_queued", "RLM runs waiting for an admission slot.",
+                                 registry=owner, multiprocess_mode="livesum")
+        self.admission_rejected_total = counter("rlm_proxy_admission_rejected_total",
+                                                "RLM runs refused by admission control, by reason.")
+        for reason in ADMISSION_REJECTIONS:  # exported at 0: alert rules need the series before a refusal
+            self.admission_rejected_total.labels(reason)
+
+    def admission_changed(self, running: int, queued: int) -> None:
+        self.runs_running.set(running)
+        self.runs_queued.set(queued)
+
+    def admission_rejected(self, reason: str) -> None:
+        self.admission_rejected_total.labels(reason).inc()
 
     def model(self, name: str) -> str:
         """Only configured names become label values: a client cannot mint new series."""

@@ -489,3 +489,11 @@ def test_helm_test_pod_checks_readyz(helm: str) -> None:
     assert container["command"][3] == f"http://{RELEASE}-rlm-proxy:4000/readyz"
     assert pod["spec"]["restartPolicy"] == "Never"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_the_hpa_can_scale_on_queued_rlm_runs(helm: str, tmp_path: Path) -> None:
+    cpu_only = render(helm, values_file(tmp_path, {"autoscaling": {"enabled": True}}))
+    assert [m["type"] for m in one(cpu_only, "HorizontalPodAutoscaler")["spec"]["metrics"]] == ["Resource"]
+    metrics = one(render(helm, str(ALL_FEATURES)), "HorizontalPodAutoscaler")["spec"]["metrics"]
+    assert metrics[1] == {"type": "Pods", "pods": {"metric": {"name": "rlm_proxy_rlm_runs_queued"},
+                                                   "target": {"type": "AverageValue", "averageValue": "1"}}}

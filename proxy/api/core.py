@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from fastapi import Request
 
+from proxy.admission import RunAdmission
 from proxy.api.deps import Services
 from proxy.api.request import ChatRequest
 from proxy.api.rlm import as_proxy_errors, last_event, observed, run_request
@@ -65,10 +66,26 @@ async def route(request: Request, services: Services, identity: Identity,
         # A bad sub-model would turn every sub-call into an error string: refuse the request instead.
         services.registry.resolve(run.sub_model, param="rlm.sub_model")
         events = observed(as_proxy_errors(services.engine.run(run)), services.metrics, run)
-        return RLMRun(run, events)
+        admitted = _admitted(services.admission, identity.key_hash, events)
+        # Waits for a slot before any response starts, so that a refusal is a plain 503.
+        await until_disconnect(request.receive, anext(admitted))
+        return RLMRun(run, cast(AsyncIterator[Event], admitted))
     if decision.model != chat.model:
         chat.body["model"] = decision.model
     return Direct(group, chat)
+
+
+async def _admitted(admission: RunAdmission, key: str, events: AsyncIterator[Event]
+                    ) -> AsyncIterator[Event | None]:
+    """None once the run has an admission slot, then its events; the slot is held until they end. Started
+    before it is returned, the generator gives the slot back however it ends (closed, or collected)."""
+    await admission.enter(key)
+    try:
+        yield None
+        async for event in events:
+            yield event
+    finally:
+        admission.leave(key)
 
 
 def route_passthrough(request: Request, services: Services, body: dict[str, Any]) -> ModelGroup:

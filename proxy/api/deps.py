@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from proxy.admission import RunAdmission
 from proxy.auth import Identity, KeyChecker
 from proxy.cache import Cache
 from proxy.config import Settings
@@ -33,6 +34,7 @@ class Services:
     metrics: Metrics
     cache: Cache | None
     responses: ResponseStore
+    admission: RunAdmission
     ready: bool = False  # set once start-up work (imports, warm workers) is done
     warm_up_error: str | None = None
 

@@ -22,7 +22,7 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     sandbox = services.sandbox.status()
     checks: dict[str, Any] = {"config": "ok", "models": len(services.registry.names),
                               "warm_up": "done" if services.ready else services.warm_up_error or "running",
-                              "sandbox": sandbox}
+                              "sandbox": sandbox, "admission": services.admission.status()}
     if services.cache is not None:
         # A Redis outage only costs cache misses: reported, but the proxy stays ready.
         checks["cache"] = {"backend": services.cache.backend, "status": await services.cache.status()}
