@@ -155,8 +155,11 @@ def test_a_root_model_that_hangs_gets_a_504(start_proxy: StartProxy, tmp_path: P
 
 
 def test_sandbox_workers_are_capped(mock_upstream: Mock, start_proxy: StartProxy) -> None:
+    # Admission above the workers, so that runs reach the pool's own cap (by default admission would
+    # queue the runs past max_workers before they ask for a worker).
     server = start_proxy(rlm_config(mock_upstream, sandbox={"workers": 1, "max_workers": 2,
-                                                            "worker_wait_s": 0.5}))
+                                                            "worker_wait_s": 0.5},
+                                    admission={"max_concurrent_rlm_runs": 5}))
     most = 0
     done = threading.Event()
 
