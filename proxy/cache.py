@@ -9,11 +9,13 @@ Redis does not add its timeout to every call; it is tried again afterwards and r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
+import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -161,14 +163,35 @@ class RedisStore:
     async def aclose(self) -> None:
         await self._redis.aclose()
 
+    # Claims: which replica makes a call that several are about to make.
+
+    async def claim(self, key: str, owner: str, ttl_s: float) -> bool:
+        return bool(await self._redis.set(key, owner, nx=True, px=int(ttl_s * 1000)))
+
+    async def renew(self, key: str, owner: str, ttl_s: float) -> bool:
+        return bool(await self._redis.eval(_RENEW_IF_OWNED, 1, key, owner, int(ttl_s * 1000)))
+
+    async def release(self, key: str, owner: str) -> None:
+        await self._redis.eval(_DELETE_IF_OWNED, 1, key, owner)
+
+
+# Only the claim's owner may extend or drop it: a claim that expired may belong to another replica now.
+_RENEW_IF_OWNED = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+                   "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end")
+_DELETE_IF_OWNED = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+                    "return redis.call('del', KEYS[1]) else return 0 end")
+CLAIM_SUFFIX = ":claim"
+FIRST_POLL_S, LAST_POLL_S = 0.02, 0.2
+
 
 class Cache:
-    """Lookups with single-flight: identical concurrent calls in this process reach the model once."""
+    """Lookups with single-flight: identical concurrent calls reach the model once, in this process and,
+    with Redis, across the replicas sharing it (one claims the call; the others wait for its answer)."""
 
     def __init__(self, settings: CacheSettings, on_lookup: Callable[[CacheResult], None]) -> None:
         self._settings = settings
-        self._store: Store = RedisStore(settings) if settings.redis_url \
-            else MemoryStore(settings.max_bytes, settings.max_entries)
+        self._claims = RedisStore(settings) if settings.redis_url else None
+        self._store: Store = self._claims or MemoryStore(settings.max_bytes, settings.max_entries)
         self._on_lookup = on_lookup
         self._in_flight: dict[str, asyncio.Future[bytes]] = {}
         self._skip_until = 0.0  # after a store failure, skip it until then
@@ -196,7 +219,7 @@ class Cache:
         if policy.read:
             self._in_flight[key] = future
         try:
-            value = await produce()
+            value, from_another = await self._once_across_replicas(key, policy, produce)
         except asyncio.CancelledError:
             future.cancel()
             raise
@@ -208,9 +231,63 @@ class Cache:
             if self._in_flight.get(key) is future:
                 del self._in_flight[key]
         future.set_result(value)
+        return value, from_another
+
+    async def _once_across_replicas(self, key: str, policy: CachePolicy,
+                                    produce: Callable[[], Awaitable[bytes]]) -> tuple[bytes, bool]:
+        """`produce()`'s value (and False), or, when another replica is making the same call, its answer
+        from the store (and True). A replica claims a call in Redis for `shared_flight_lock_s`, renewed
+        while it works; the others poll for the answer, and call themselves once the claim is gone without
+        one (the holder failed or died) or after `shared_flight_wait_s`. Only where the answer will be
+        written and may be read: a no-store call could not be shared, a no-cache one must not wait."""
+        claims = self._claims
+        if claims is None or not (policy.read and policy.write) or time.monotonic() < self._skip_until:
+            return await self._produced(key, policy, produce), False
+        claim, owner = key + CLAIM_SUFFIX, uuid.uuid4().hex
+        deadline = time.monotonic() + self._settings.shared_flight_wait_s
+        pause = FIRST_POLL_S
+        try:
+            while not await claims.claim(claim, owner, self._settings.shared_flight_lock_s):
+                if (value := await self._store.get(key)) is not None:
+                    return value, True
+                if time.monotonic() >= deadline:
+                    return await self._produced(key, policy, produce), False
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, LAST_POLL_S)
+        except Exception as error:  # Redis failing: call, as without it
+            self._failed("claim", error)
+            return await self._produced(key, policy, produce), False
+        try:
+            # The holder may have finished between the last poll and this claim.
+            if pause > FIRST_POLL_S and (value := await self._store.get(key)) is not None:
+                return value, True
+            async with self._renewing(claims, claim, owner):
+                # Stored before the claim goes: a waiter that finds neither would call again.
+                return await self._produced(key, policy, produce), False
+        finally:
+            with contextlib.suppress(Exception):
+                await claims.release(claim, owner)
+
+    async def _produced(self, key: str, policy: CachePolicy,
+                        produce: Callable[[], Awaitable[bytes]]) -> bytes:
+        value = await produce()
         if policy.write:
             await self._set(key, value)
-        return value, False
+        return value
+
+    @contextlib.asynccontextmanager
+    async def _renewing(self, claims: RedisStore, claim: str, owner: str) -> AsyncIterator[None]:
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self._settings.shared_flight_lock_s / 3)
+                with contextlib.suppress(Exception):  # a lost claim only lets another replica call too
+                    await claims.renew(claim, owner, self._settings.shared_flight_lock_s)
+
+        task = asyncio.ensure_future(renew())
+        try:
+            yield
+        finally:
+            task.cancel()
 
     async def _get(self, key: str) -> bytes | None:
         if time.monotonic() < self._skip_until:

@@ -150,6 +150,9 @@ class CacheSettings(_Section):
     scope: CacheScope = "key"
     redis_timeout_s: float = Field(default=0.5, gt=0)
     redis_retry_s: float = Field(default=2.0, ge=0, description="pause after a Redis failure")
+    # Identical calls on different replicas at once: one calls, the others wait for its answer in Redis.
+    shared_flight_wait_s: float = Field(default=120.0, ge=0, description="longest wait, then call anyway")
+    shared_flight_lock_s: float = Field(default=10.0, gt=0, description="a silent holder's claim expires")
     enabled: bool = True
 
 
