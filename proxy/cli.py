@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     mock.add_argument("--port", type=int, default=8001)
     mock.add_argument("--latency-ms", type=float, default=0.0)
     mock.add_argument("--stream-deltas", type=int, default=4)
+    mock.add_argument("--tokens-per-second", type=float, default=None,
+                      help="write replies at this rate, streamed a token at a time (default: at once)")
     mock.add_argument("--context-window-tokens", type=int, default=None)
     mock.add_argument("--error-rate", type=float, default=0.0)
     mock.add_argument("--error-status", type=int, default=500)
@@ -86,7 +88,11 @@ def _serve(args: argparse.Namespace) -> int:
 def _mock(args: argparse.Namespace) -> int:
     from proxy.mock_upstream import MockSettings, run_mock
 
+    if args.tokens_per_second is not None and args.tokens_per_second <= 0:
+        print("rlm-proxy: --tokens-per-second must be positive", file=sys.stderr)
+        return 2
     settings = MockSettings(latency_ms=args.latency_ms, stream_deltas=args.stream_deltas,
+                            tokens_per_second=args.tokens_per_second,
                             context_window_tokens=args.context_window_tokens, error_rate=args.error_rate,
                             error_status=args.error_status, seed=args.seed, reply=args.reply,
                             model_name=args.model_name)

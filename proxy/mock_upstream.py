@@ -49,6 +49,7 @@ from proxy import mock_embeddings, mock_policy
 from proxy.dialects import anthropic
 from proxy.errors import ProxyError
 from proxy.mock_responses import ResponsesOverChat
+from proxy.model_facts import CHARS_PER_TOKEN
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -81,6 +82,9 @@ _VALUE_OPTIONS = frozenset({"status", "times", "id", "latency_ms"})
 class MockSettings:
     latency_ms: float = 0.0  # fixed delay before the response (before the first byte when streaming)
     stream_deltas: int = 4  # a streamed reply is split into this many content deltas
+    # Generation speed: None answers at once; else a reply takes its tokens (4 characters each) at this
+    # rate, streamed one token per delta (overrides stream_deltas), as a real model writes.
+    tokens_per_second: float | None = None
     context_window_tokens: int | None = None  # None = unlimited
     error_rate: float = 0.0  # fraction of requests answered with error_status (random, seeded)
     error_status: int = 500
@@ -733,12 +737,20 @@ class MockApp:
         reply, tool_call = self._reply(request, marker, f"call_mock_{completion_id}")
         if request.stream:
             return await self._stream(request, marker, reply, completion_id, send, watch, tool_call)
+        rate = self.settings.tokens_per_second
+        if rate is not None and await watch.sleep(self._deltas(reply) / rate):  # the time to write it
+            return False
         if request.legacy:
             body = _text_completion_body(completion_id, request.model, reply, request.prompt_tokens)
         else:
             body = _completion_body(completion_id, request.model, reply, request.prompt_tokens, tool_call)
         await _send_bytes(send, 200, body, _JSON_HEADERS)
         return True
+
+    def _deltas(self, reply: str) -> int:
+        if self.settings.tokens_per_second is None:
+            return self.settings.stream_deltas
+        return max(1, -(-len(reply) // CHARS_PER_TOKEN))
 
     def _reply(self, request: _ChatRequest, marker: _Marker,
                call_id: str) -> tuple[str, dict[str, Any] | None]:
@@ -778,7 +790,7 @@ class MockApp:
                           for piece in pieces)]
         else:
             contents = [chunks.delta({"content": piece})
-                        for piece in _split(reply, self.settings.stream_deltas)]
+                        for piece in _split(reply, self._deltas(reply))]
         if marker.stream_error:
             return [*first, *contents[:_STREAM_ERROR_CONTENT_CHUNKS]]
         finish = "stop" if tool_call is None else "tool_calls"
@@ -799,8 +811,10 @@ class MockApp:
         tool_call: dict[str, Any] | None,
     ) -> bool:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-        for event in self._stream_events(request, marker, reply, completion_id, tool_call):
-            if await watch.disconnected():
+        rate = self.settings.tokens_per_second
+        for number, event in enumerate(self._stream_events(request, marker, reply, completion_id, tool_call)):
+            paced = rate is not None and number > 0  # the role chunk comes at once, the tokens at the rate
+            if await (watch.sleep(1 / rate) if paced else watch.disconnected()):
                 return False
             await send({"type": "http.response.body", "body": event, "more_body": True})
         if await watch.disconnected():

@@ -343,6 +343,18 @@ def test_fixed_reply_and_delta_count(start_mock: Callable[[MockSettings], _Runni
     assert [m.id for m in server.sdk().models.list()] == ["other"]
 
 
+def test_a_token_rate_streams_one_token_per_delta(start_mock: Callable[[MockSettings], _RunningMock]) -> None:
+    server = start_mock(MockSettings(reply="print(len(context)) # 30 chars", tokens_per_second=500))
+    chunks = list(server.sdk().chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "q"}], stream=True))
+    contents = [c.choices[0].delta.content for c in chunks[1:-1]]
+    assert len(contents) == 8  # 30 characters: 8 tokens of about 4
+    assert all(0 < len(piece or "") <= 4 for piece in contents)
+    assert "".join(piece or "" for piece in contents) == "print(len(context)) # 30 chars"
+    plain = server.sdk().chat.completions.create(model="m", messages=[{"role": "user", "content": "q"}])
+    assert plain.choices[0].message.content == "print(len(context)) # 30 chars"
+
+
 _WEATHER_TOOL: Any = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
