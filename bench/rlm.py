@@ -43,14 +43,26 @@ NEEDLE_KEY, NEEDLE_VALUE = "bench-key", "8675309"
 NO_CACHE = {"cache-control": "no-cache, no-store"}  # a cached replay would not call the model at all
 
 
+CLI = [sys.executable, "-m", "proxy.cli"]
+
+
+def start_mock(procs: list[subprocess.Popen[bytes]], tmp: Path, latency_ms: float) -> str:
+    """The mock model at `latency_ms` a call; its URL."""
+    port = free_port()
+    return start(procs, [*CLI, "mock-upstream", "--port", str(port), "--latency-ms", str(latency_ms),
+                         "--context-window-tokens", str(WINDOW_TOKENS)], port, "/v1/models",
+                 tmp / f"mock-{latency_ms}.log")
+
+
 def start_stack(procs: list[subprocess.Popen[bytes]], tmp: Path, latency_ms: float,
                 env: dict[str, str] | None = None) -> str:
     """The mock at `latency_ms` and the proxy in front of it (`env` for the proxy); the proxy's URL."""
-    cli = [sys.executable, "-m", "proxy.cli"]
-    port = free_port()
-    mock = start(procs, [*cli, "mock-upstream", "--port", str(port), "--latency-ms", str(latency_ms),
-                         "--context-window-tokens", str(WINDOW_TOKENS)], port, "/v1/models",
-                 tmp / f"mock-{latency_ms}.log")
+    return start_proxy(procs, tmp, start_mock(procs, tmp, latency_ms), latency_ms, env)
+
+
+def start_proxy(procs: list[subprocess.Popen[bytes]], tmp: Path, mock: str, latency_ms: float,
+                env: dict[str, str] | None = None) -> str:
+    """The proxy in front of the mock at `mock`; its URL."""
     config = tmp / f"proxy-{latency_ms}.yaml"
     config.write_text(json.dumps({
         "model_list": [{"model_name": "mock", "litellm_params": {
@@ -60,7 +72,7 @@ def start_stack(procs: list[subprocess.Popen[bytes]], tmp: Path, latency_ms: flo
         "rlm": {"subcall_concurrency": 64},
         "upstream": {"timeout_s": 120}}))
     port = free_port()
-    serve = [*cli, "serve", "--config", str(config), "--port", str(port), "--log-level", "warning"]
+    serve = [*CLI, "serve", "--config", str(config), "--port", str(port), "--log-level", "warning"]
     return start(procs, serve, port, "/readyz", tmp / f"proxy-{latency_ms}.log", env=env)
 
 

@@ -38,6 +38,9 @@ import re
 from dataclasses import dataclass
 
 ROOT_MARKER = "You are the root model of a Recursive Language Model (RLM)"
+# The official `rlms` library's root prompt (bench.peers runs it against this mock): its root model submits
+# by setting `answer["content"]` and `answer["ready"] = True` in code rather than with FINAL(...).
+RLMS_ROOT_MARKER = "You are a Recursive Language Model (RLM): a language model with a prompt"
 FINAL_REQUEST_MARKER = "The run has reached its limit"
 COVERAGE_CHECK_MARKER = "Before you answer: your code has read only"
 NOT_FOUND = "NOT FOUND"
@@ -94,11 +97,17 @@ def is_root_call(messages: list[Message]) -> bool:
     return bool(messages) and messages[0].role == "system" and ROOT_MARKER in messages[0].text
 
 
+def _is_rlms_root_call(messages: list[Message]) -> bool:
+    return bool(messages) and messages[0].role == "system" and RLMS_ROOT_MARKER in messages[0].text
+
+
 def reply(messages: list[Message], tools: bool = False) -> str | CallTool | None:
     """The scripted answer, or None when the request is neither an RLM root call nor a task question.
     `tools`: the request offers tools the model may call."""
     if is_root_call(messages):
         return _root_reply(messages, tools)
+    if _is_rlms_root_call(messages):
+        return _as_rlms_answer(_root_reply(messages, tools=False))
     # The last user message holds the question, even when a client sends system text after it (Claude Code).
     users = [m.text for m in messages if m.role == "user"]
     return _plain_reply(users[-1] if users else messages[-1].text if messages else "")
@@ -152,6 +161,23 @@ def _root_reply(messages: list[Message], tools: bool) -> str | CallTool:
         return _tool_call(task, turn, messages, tools)
     script = _SCRIPTS.get(task.policy or "", _standard)
     return script(task, turn, messages)
+
+
+_FINAL_REPLY = re.compile(r"FINAL\((.*)\)", re.DOTALL)
+_FINAL_VAR_REPLY = re.compile(r"FINAL_VAR\((\w+)\)")
+
+
+def _as_rlms_answer(scripted: str | CallTool) -> str | CallTool:
+    """A final answer in the `rlms` library's protocol: submitted from code."""
+    if not isinstance(scripted, str):
+        return scripted
+    if (variable := _FINAL_VAR_REPLY.fullmatch(scripted)) is not None:
+        content = f"str({variable.group(1)})"
+    elif (final := _FINAL_REPLY.fullmatch(scripted)) is not None:
+        content = repr(final.group(1))
+    else:
+        return scripted
+    return f'```repl\nanswer["content"] = {content}\nanswer["ready"] = True\n```'
 
 
 def _card(messages: list[Message]) -> str:
