@@ -784,29 +784,28 @@ class Guards:
 
     # traceback, as the model sees errors
 
-    def _format_exception_only(self, exc: BaseException, /, *more: Any) -> list[str]:
-        if not isinstance(exc, BaseException):
-            exc = more[0] if more and isinstance(more[0], BaseException) else exc
-        if not isinstance(exc, BaseException):
-            return ["NoneType: None\n"]
-        return [self._describe(exc).rsplit("\n", 1)[-1] + "\n"]
+    def _format_exception_only(self, exc: object, /, *more: Any) -> list[str]:
+        return self._exception_lines(exc, *more)[-1:]
 
-    def _format_exception(self, exc: BaseException, /, *more: Any, **options: Any) -> list[str]:
+    def _format_exception(self, exc: object, /, *more: Any, **options: Any) -> list[str]:
         """The short traceback through the code's own blocks (host frames and paths left out)."""
-        if not isinstance(exc, BaseException):
-            exc = more[0] if more and isinstance(more[0], BaseException) else exc
-        if not isinstance(exc, BaseException):
+        return self._exception_lines(exc, *more)
+
+    def _exception_lines(self, exc: object, *more: Any) -> list[str]:
+        """For (exc) or the older (type, value, tb) arguments; the traceback object is never read."""
+        error = exc if isinstance(exc, BaseException) else more[0] if more else None
+        if not isinstance(error, BaseException):
             return ["NoneType: None\n"]
-        return [line + "\n" for line in self._describe(exc).split("\n")]
+        return [line + "\n" for line in self._describe(error).split("\n")]
 
     def _format_exc(self, limit: int | None = None, chain: bool = True) -> str:
-        return "".join(self._format_exception(sys.exception()))  # type: ignore[arg-type]
+        return "".join(self._exception_lines(sys.exception()))
 
     def _print_exc(self, limit: int | None = None, file: Any = None, chain: bool = True) -> None:
         (file or Stream(self._output)).write(self._format_exc())
 
     def _print_exception(self, exc: BaseException, /, *more: Any, file: Any = None, **options: Any) -> None:
-        (file or Stream(self._output)).write("".join(self._format_exception(exc, *more)))
+        (file or Stream(self._output)).write("".join(self._exception_lines(exc, *more)))
 
     def _wraps(self, wrapped: object) -> Callable[[FunctionType], FunctionType]:
         """functools.wraps onto functions the sandbox defined, copying the usual attributes but not the
@@ -845,6 +844,7 @@ class _GuardedEnumType(enum.EnumType):
                 keys = [item if isinstance(item, str) else item[0] for item in names]
             if any(not isinstance(key, str) or key.startswith("_") for key in keys):
                 raise ValueError("enum member names may not start with '_' in the sandbox")
+            kwargs.setdefault("module", "__main__")  # where the code runs, not this module
         return super().__call__(value, names, *args, **kwargs)
 
 

@@ -191,7 +191,8 @@ class Level(IntEnum):
     HIGH = 2
 Shape = Enum("Shape", "CIRCLE SQUARE")
 print(Color.RED, Color(2), Color["GREEN"].name, [c.name for c in Color], Level.HIGH > Level.LOW)
-print(Shape.SQUARE.value, len(Shape), isinstance(Color.RED, Enum), enum.unique(Color) is Color)
+print(Shape.SQUARE.value, len(Shape), isinstance(Color.RED, Enum), enum.unique(Color) is Color,
+      Shape.__module__, Color.__module__)
 ''',
     "operator_and_copy": '''
 import copy, operator
@@ -211,6 +212,7 @@ nested = {"a": [1, {"b": 2}]}
 deep, shallow = copy.deepcopy(nested), copy.copy(nested)
 deep["a"][1]["b"] = 3
 print(nested, deep, shallow["a"] is nested["a"], copy.copy(people[0]).name)
+print(copy.deepcopy(context) == context, copy.copy(context) is context, copy.deepcopy([context])[0][:10])
 ''',
     "csv_with_io": '''
 import csv, io, sys
