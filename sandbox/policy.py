@@ -214,23 +214,9 @@ class SandboxTransformer(RestrictingNodeTransformer):
             self.check_name(node, name)
         return node
 
-    def visit_Match(self, node: ast.Match) -> Any:
-        return self.node_contents_visit(node)
-
-    def visit_match_case(self, node: ast.match_case) -> Any:
-        return self.node_contents_visit(node)
-
-    def visit_MatchValue(self, node: ast.MatchValue) -> Any:
-        return self.node_contents_visit(node)
-
-    def visit_MatchSingleton(self, node: ast.MatchSingleton) -> Any:
-        return node
-
-    def visit_MatchSequence(self, node: ast.MatchSequence) -> Any:
-        return self.node_contents_visit(node)
-
-    def visit_MatchOr(self, node: ast.MatchOr) -> Any:
-        return self.node_contents_visit(node)
+    # Patterns with nothing to check but their parts (names and class patterns are checked below).
+    visit_Match = visit_match_case = visit_MatchValue = visit_MatchSingleton = visit_MatchSequence = \
+        visit_MatchOr = RestrictingNodeTransformer.node_contents_visit
 
     def visit_MatchStar(self, node: ast.MatchStar) -> Any:
         self.check_name(node, node.name)
