@@ -108,6 +108,12 @@ class TrackedStr(str):
         self._offset = offset
         return self
 
+    def __copy__(self) -> TrackedStr:
+        return self  # immutable, as copy treats str: copy.copy / deepcopy of the context give the context
+
+    def __deepcopy__(self, memo: dict[int, object]) -> TrackedStr:
+        return self
+
     def _mark_read(self, start: int, end: int) -> None:
         self._coverage.mark(self._offset + max(0, start), self._offset + min(end, len(self)))
 

@@ -12,8 +12,10 @@ NestedContext = str | list[dict[str, str]] | None
 MIB = 2**20
 
 # The modules code may import (as read-only views of their public functions, classes and constants).
-ALLOWED_MODULES = ("bisect", "collections", "datetime", "difflib", "functools", "heapq", "itertools", "json",
-                   "math", "random", "re", "statistics", "string", "textwrap", "unicodedata")
+ALLOWED_MODULES = ("base64", "bisect", "collections", "copy", "csv", "dataclasses", "datetime", "difflib",
+                   "enum", "functools", "hashlib", "heapq", "io", "itertools", "json", "math", "operator",
+                   "random", "re", "statistics", "string", "sys", "textwrap", "time", "traceback", "typing",
+                   "unicodedata")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import math
 import os
 import resource
 import signal
+import time
 from collections.abc import Iterator
 from types import FrameType
 
@@ -56,10 +57,12 @@ class BlockTimer:
         self._cpu_limit_s = cpu_limit_s  # the soft RLIMIT_CPU between blocks: the run's budget
         self._host_busy = False
         self._expired = False
+        self._slept_s = 0.0  # in this block
         signal.signal(signal.SIGPROF, self._on_signal)
 
     def start(self) -> None:
         self._expired = self._host_busy = False
+        self._slept_s = 0.0
         block_limit_s = math.ceil(cpu_seconds() + self.cpu_s_per_block + CPU_GRACE_S)
         self._set_soft_cpu_limit(min(self._cpu_limit_s, block_limit_s))
         signal.setitimer(signal.ITIMER_PROF, self.cpu_s_per_block)
@@ -72,6 +75,19 @@ class BlockTimer:
         self._host_busy = True  # from here on a late signal is ignored: the block is over
         signal.setitimer(signal.ITIMER_PROF, 0)
         self._set_soft_cpu_limit(self._cpu_limit_s)
+
+    def sleep(self, seconds: float) -> None:
+        """time.sleep for sandboxed code. Sleeping uses no CPU, so the CPU timer would not stop it: a block
+        may sleep as long as its CPU allowance, in total."""
+        if not isinstance(seconds, (int, float)) or seconds != seconds:
+            raise TypeError("time.sleep() needs a number of seconds")
+        if seconds < 0:
+            raise ValueError("sleep length must be non-negative")
+        if self._slept_s + seconds > self.cpu_s_per_block:
+            raise ValueError(f"time.sleep: a block may sleep {self.cpu_s_per_block:g} s in total in the "
+                             f"sandbox ({self._slept_s:g} s used); llm_query waits for its answer by itself")
+        self._slept_s += seconds
+        time.sleep(seconds)
 
     @contextlib.contextmanager
     def host_busy(self) -> Iterator[None]:

@@ -35,11 +35,13 @@ class Output:
 
     def _call_print(self, *objects: Any, sep: str | None = " ", end: str | None = "\n", file: Any = None,
                     flush: bool = False) -> None:
-        if file is not None:
-            raise TypeError("print(file=...) is not available in the sandbox")
         if not isinstance(sep, (str, type(None))) or not isinstance(end, (str, type(None))):
             raise TypeError("sep and end must be None or a str")
         sep = " " if sep is None else sep
+        end = "\n" if end is None else end
+        if file is not None and not isinstance(file, Stream):  # e.g. an io.StringIO: print as CPython does
+            file.write(sep.join(map(str, objects)) + end)
+            return
         for index, obj in enumerate(objects):
             if index:
                 self.write(sep)
@@ -47,7 +49,7 @@ class Output:
                 self._write_tracked(obj)
             else:
                 self.write(obj if type(obj) is str else str(obj))
-        self.write("\n" if end is None else end)
+        self.write(end)
 
     def write(self, text: str) -> None:
         self.total += len(text)
@@ -63,3 +65,32 @@ class Output:
         text._mark_read(0, shown)
         self.total += len(text) - shown
         self.write(str.__getitem__(text, slice(0, shown)))
+
+
+class Stream:
+    """sys.stdout and sys.stderr as sandboxed code sees them: both write into the block's output, which is
+    everything the model is shown."""
+
+    encoding = "utf-8"
+
+    def __init__(self, output: Output) -> None:
+        self._output = output
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self._output.write(str.__str__(text))
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        """Nothing to flush: the output is collected as it is written."""
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True

@@ -7,15 +7,24 @@ only see what the restricted source itself does, so anything host code does on t
 here: computed attribute names pass the same checks as written ones, every way to str.format's field
 lookups ("{0.attr[key]}") goes through one formatter that applies the same checks, and modules are
 replaced by views holding only their public functions, classes and constants.
+
+What models write is allowed where it is safe: reading a few dunder attributes (`type(x).__name__`,
+`x.__class__`, `hasattr(obj, "__len__")`), defining the usual special methods in their own classes,
+`nonlocal`, `match`, class-body annotations (for dataclasses and NamedTuple), `__name__`, and copies of
+the namespace from globals()/locals()/vars(). What must stay out (files, network, processes, threads,
+event loops) is refused with a message saying what to do instead (REFUSALS).
 """
 
 from __future__ import annotations
 
 import _string
+import abc
 import ast
 import builtins
 import collections
 import copy
+import dataclasses
+import enum
 import functools
 import importlib
 import inspect
@@ -45,19 +54,79 @@ from RestrictedPython.transformer import INSPECT_ATTRIBUTES, IOPERATOR_TO_STR
 
 from sandbox.coverage import Coverage, TrackedStr
 from sandbox.interface import ALLOWED_MODULES
+from sandbox.output import Output, Stream
 
 MODULES: dict[str, ModuleType] = {name: importlib.import_module(name) for name in ALLOWED_MODULES}
 
-# Public names that are still unsafe: singledispatch evaluates string annotations with eval();
-# update_wrapper/wraps copy attributes named by the caller; total_ordering writes onto any class. Safe
-# versions of the last two below. (string.Formatter, which resolves "{0.__class__}" fields with host
-# getattr, a known RestrictedPython CVE, is replaced by SafeFormatter.)
+# Public names that are still unsafe: singledispatch and typing.get_type_hints evaluate string annotations
+# with eval() (ForwardRef holds the compiled code); update_wrapper/wraps copy attributes named by the
+# caller; total_ordering, typing.final/no_type_check/dataclass_transform/runtime_checkable and
+# enum.global_* write onto objects the code did not make; EnumType builds classes from any dict (as
+# type() would); make_dataclass takes a namespace of any names; enum's pickle_by_* are __reduce_ex__
+# implementations; time's setters change the host clock or zone. Safe versions of some are given below
+# (Guards._overrides). (string.Formatter, which resolves "{0.__class__}" fields with host getattr, a known
+# RestrictedPython CVE, is replaced by SafeFormatter.)
 WITHHELD = {
     "functools": {"singledispatch", "singledispatchmethod", "update_wrapper", "wraps", "total_ordering"},
+    "typing": {"get_type_hints", "ForwardRef", "final", "no_type_check", "no_type_check_decorator",
+               "dataclass_transform", "runtime_checkable", "clear_overloads"},
+    "enum": {"EnumMeta", "EnumType", "ReprEnum", "global_enum", "global_enum_repr", "global_flag_repr",
+             "global_str", "pickle_by_enum_name", "pickle_by_global_name"},
+    "dataclasses": {"make_dataclass"},
+    "time": {"clock_settime", "clock_settime_ns", "tzset", "pthread_getcpuclockid"},
+}
+# Modules of which only these names are offered: io's in-memory files (its open/FileIO reach the disk).
+SELECTED = {"io": {"StringIO", "BytesIO", "SEEK_SET", "SEEK_CUR", "SEEK_END", "UnsupportedOperation"}}
+# Modules whose view is built by the REPL from its own pieces, not from the module's namespace.
+SYNTHETIC_MODULES = {"sys", "traceback"}
+
+# What the sandbox refuses by design, each with what to do instead (shown to the model).
+REFUSALS = {
+    "files": "files are not available in the sandbox: the input is the variable `context`; keep data in "
+             "variables (io.StringIO works as an in-memory file)",
+    "network": "the network is not available in the sandbox: ask models with llm_query, llm_query_batched or "
+               "rlm_query",
+    "processes": "processes are not available in the sandbox: run the code here directly (rlm_query runs a "
+                 "nested RLM)",
+    "threads": "threads are not available in the sandbox: use llm_query_batched for parallel calls",
+    "event loops": "event loops are not available in the sandbox: llm_query returns its answer directly (no "
+                   "await); use llm_query_batched for parallel calls",
+}
+REFUSED_MODULES = {
+    **dict.fromkeys(("os", "pathlib", "shutil", "glob", "tempfile", "fileinput", "sqlite3", "zipfile",
+                     "tarfile", "gzip", "bz2", "lzma", "pickle", "shelve", "dbm", "mmap"), "files"),
+    **dict.fromkeys(("socket", "ssl", "urllib", "urllib3", "http", "requests", "httpx", "aiohttp", "ftplib",
+                     "smtplib", "webbrowser", "selectors", "select"), "network"),
+    **dict.fromkeys(("subprocess", "multiprocessing", "signal", "pty", "resource"), "processes"),
+    **dict.fromkeys(("threading", "concurrent", "queue", "sched"), "threads"),
+    "asyncio": "event loops",
 }
 TEXT_MODULES = {"re", "json", "textwrap", "difflib", "unicodedata", "string"}  # functions reading their args
 
 FORBIDDEN_ATTRIBUTES = INSPECT_ATTRIBUTES | {"mro"}
+# Dunder attributes code may read: names and documentation, and the special methods duck typing asks
+# about. `__class__` gives what type() gives; `__init__` (super().__init__) and `__dict__` (of the code's own
+# objects) are decided by Guards.
+READABLE_DUNDERS = frozenset({
+    "__class__", "__name__", "__qualname__", "__doc__", "__module__", "__len__", "__iter__", "__next__",
+    "__contains__", "__getitem__", "__call__", "__enter__", "__exit__", "__str__", "__repr__", "__format__",
+    "__hash__", "__bool__", "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__",
+})
+GUARDED_DUNDERS = READABLE_DUNDERS | {"__init__", "__dict__"}
+# Special methods code may define in its classes. Not among them: __del__ (runs whenever the object is
+# collected, outside the block's limits), __reduce__/__reduce_ex__/__copy__/__deepcopy__/__getstate__/
+# __setstate__ (copy rebuilds objects through them, writing into objects the code may not modify),
+# __getattribute__/__getattr__/__setattr__, __new__ and the class-creation hooks.
+SPECIAL_METHODS = frozenset({
+    "__init__", "__post_init__", "__repr__", "__str__", "__format__", "__len__", "__iter__", "__next__",
+    "__reversed__", "__contains__", "__getitem__", "__setitem__", "__delitem__", "__missing__", "__eq__",
+    "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__hash__", "__bool__", "__call__", "__enter__",
+    "__exit__", "__add__", "__radd__", "__iadd__", "__sub__", "__rsub__", "__isub__", "__mul__", "__rmul__",
+    "__imul__", "__truediv__", "__rtruediv__", "__floordiv__", "__mod__", "__pow__", "__neg__", "__pos__",
+    "__abs__", "__and__", "__or__", "__xor__", "__int__", "__float__", "__index__", "__round__",
+})
+# Attribute-name prefixes of frames, tracebacks, code objects and generators.
+INTERNAL_PREFIXES = ("f_", "tb_", "co_", "gi_", "cr_", "ag_")
 FORMAT_METHODS = {"format", "format_map"}
 FRAME_LIKE = (FrameType, TracebackType, CodeType)
 GENERATOR_LIKE = (GeneratorType, CoroutineType, AsyncGeneratorType)
@@ -78,10 +147,8 @@ SAFE_BUILTINS = (
     "staticmethod", "str", "sum", "super", "tuple", "zip", "Ellipsis", "NotImplemented",
 )
 UNAVAILABLE_BUILTINS = {
-    "open": "no filesystem access", "input": "there is no user to ask", "exec": "run the code directly",
-    "eval": "run the code directly", "compile": "run the code directly",
-    "globals": "use SHOW_VARS() to list your variables", "locals": "use SHOW_VARS() to list your variables",
-    "vars": "use SHOW_VARS() to list your variables", "help": "there is no help system",
+    "open": REFUSALS["files"], "input": "there is no user to ask", "exec": "run the code directly",
+    "eval": "run the code directly", "compile": "run the code directly", "help": "there is no help system",
     "breakpoint": "there is no debugger", "exit": "the block ends when its code ends",
     "quit": "the block ends when its code ends", "memoryview": "use bytes",
 }
@@ -98,24 +165,79 @@ class PolicyError(Exception):
 
 
 class SandboxTransformer(RestrictingNodeTransformer):
-    """RestrictedPython's policy, plus annotated assignments (`x: int = 1`, as plain assignments),
-    augmented assignment of attributes and items (`self.n += 1`, `counts[word] += 1`) and reading
-    `__init__` (for `super().__init__(...)`; the guard allows it on super() and the sandbox's own classes).
+    """RestrictedPython's policy, plus: annotated assignments (kept in class bodies, where dataclasses and
+    NamedTuple read them; elsewhere plain assignments), augmented assignment of attributes and items
+    (`self.n += 1`, `counts[word] += 1`), reading the dunder attributes the guard decides on
+    (GUARDED_DUNDERS, e.g. `super().__init__`, `type(x).__name__`), reading `__name__`, defining the
+    SPECIAL_METHODS in classes, `nonlocal`, and `match` (attribute names in class patterns checked here,
+    since the interpreter looks them up itself).
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._class_annotations: set[int] = set()  # ids of the AnnAssign nodes directly in class bodies
+
+    def check_name(self, node: Any, name: str | None, allow_magic_methods: bool = False) -> None:
+        if allow_magic_methods and name in SPECIAL_METHODS:
+            return
+        super().check_name(node, name, allow_magic_methods)
+
+    def visit_Name(self, node: ast.Name) -> Any:
+        if node.id == "__name__" and isinstance(node.ctx, ast.Load):
+            return node
+        return super().visit_Name(node)
+
     def visit_Attribute(self, node: ast.Attribute) -> Any:
-        if node.attr != "__init__" or not isinstance(node.ctx, ast.Load):
+        if node.attr not in GUARDED_DUNDERS or not isinstance(node.ctx, ast.Load):
             return super().visit_Attribute(node)
         node = self.node_contents_visit(node)
         read = ast.Call(ast.Name("_getattr_", ast.Load()), [node.value, ast.Constant(node.attr)], [])
         ast.copy_location(read, node)
         return ast.fix_missing_locations(read)
 
+    def visit_ClassDef(self, node: ast.ClassDef) -> Any:
+        self._class_annotations.update(id(statement) for statement in node.body
+                                       if isinstance(statement, ast.AnnAssign)
+                                       and isinstance(statement.target, ast.Name))
+        return super().visit_ClassDef(node)
+
     def visit_AnnAssign(self, node: ast.AnnAssign) -> Any:
-        # The annotation is dropped, never evaluated: it can only matter to tools that read it.
+        if id(node) in self._class_annotations:
+            return self.node_contents_visit(node)  # the annotation is guarded like any expression
+        # Elsewhere the annotation is dropped, never evaluated: it can only matter to tools that read it.
         replacement: ast.stmt = ast.Pass() if node.value is None else ast.Assign([node.target], node.value)
         ast.copy_location(replacement, node)
         return self.visit(replacement)
+
+    def visit_Nonlocal(self, node: ast.Nonlocal) -> Any:
+        for name in node.names:
+            self.check_name(node, name)
+        return node
+
+    # Patterns with nothing to check but their parts (names and class patterns are checked below).
+    visit_Match = visit_match_case = visit_MatchValue = visit_MatchSingleton = visit_MatchSequence = \
+        visit_MatchOr = RestrictingNodeTransformer.node_contents_visit
+
+    def visit_MatchStar(self, node: ast.MatchStar) -> Any:
+        self.check_name(node, node.name)
+        return node
+
+    def visit_MatchAs(self, node: ast.MatchAs) -> Any:
+        self.check_name(node, node.name)
+        return self.node_contents_visit(node)
+
+    def visit_MatchMapping(self, node: ast.MatchMapping) -> Any:
+        self.check_name(node, node.rest)
+        return self.node_contents_visit(node)
+
+    def visit_MatchClass(self, node: ast.MatchClass) -> Any:
+        """`case C(name=pattern)` reads `subject.name` with the interpreter's own getattr: only names no
+        object guards are allowed. (Positional patterns read the names in C.__match_args__, which code can
+        only set through dataclass fields, checked by Guards.dataclass.)"""
+        for name in node.kwd_attrs:
+            if not is_plain_attribute_name(name):
+                self.error(node, f'"{name}" cannot be matched as an attribute in the sandbox')
+        return self.node_contents_visit(node)
 
     def visit_AugAssign(self, node: ast.AugAssign) -> Any:
         """`x.a op= v` becomes `_write_(x).a = _inplacevar_(op, _getattr_(x, 'a'), v)`, and `x[k] op= v`
@@ -170,17 +292,27 @@ def compile_block(source: str, filename: str) -> CodeType:
     return result.code
 
 
+def is_plain_attribute_name(name: str) -> bool:
+    """A name check_attribute allows on every object."""
+    return not (name.startswith("_") or name in FORBIDDEN_ATTRIBUTES or name.startswith(INTERNAL_PREFIXES)
+                or name in ("obj", "register"))
+
+
 def check_attribute(obj: object, name: object) -> None:
     """Raises unless sandboxed code may read `obj.<name>`."""
     if type(name) is not str:
         raise TypeError("attribute name must be a str")
-    if name.startswith("_"):
+    if name.startswith("_") and name not in READABLE_DUNDERS:
         raise AttributeError(f'"{name}" is an invalid attribute name because it starts with "_"')
     if (name in FORBIDDEN_ATTRIBUTES or isinstance(obj, FRAME_LIKE)
             or (isinstance(obj, GENERATOR_LIKE) and name.startswith(GENERATOR_PREFIXES))):
         raise AttributeError(f'"{name}" is a restricted name in the sandbox')
     if name == "obj" and isinstance(obj, BaseException):
         raise AttributeError('"obj" of exceptions is not available in the sandbox')
+    if name == "register" and isinstance(obj, abc.ABCMeta):
+        # It would make host types (generators, frames) instances of the code's own classes, whose
+        # __match_args__ a class pattern reads with the interpreter's getattr.
+        raise AttributeError("ABC.register is not available in the sandbox")
 
 
 def is_str_formatter(value: object) -> bool:
@@ -198,6 +330,8 @@ def check_value(value: object, what: str) -> None:
 
 def guarded_getattr(obj: object, name: str) -> Any:
     check_attribute(obj, name)
+    if name == "__class__":
+        return SandboxType(obj)
     value = getattr(obj, name)
     check_value(value, f"{name!r}")
     return value
@@ -317,13 +451,21 @@ def _inplace(op: str, target: Any, value: Any) -> Any:
 
 
 class Guards:
-    """The runtime half of the policy for one REPL: guard functions, builtins and module views."""
+    """The runtime half of the policy for one REPL: guard functions, builtins and module views.
 
-    def __init__(self, coverage: Coverage, print_factory: Callable[..., Any]) -> None:
+    `output` collects what the block prints (print, sys.stdout/stderr); `describe` renders an exception as
+    the model sees it (for the traceback module); `sleep` is time.sleep within the block's limits.
+    """
+
+    def __init__(self, coverage: Coverage, output: Output, describe: Callable[[BaseException], str],
+                 sleep: Callable[[float], None]) -> None:
         self._coverage = coverage
+        self._output = output
+        self._describe = describe
+        self._sleep = sleep
         self._own_classes: weakref.WeakSet[type] = weakref.WeakSet()  # classes the sandbox defined
         self.modules = {name: self._view(name, module) for name, module in MODULES.items()}
-        self.builtins = self._builtins(print_factory)
+        self.builtins = self._builtins(output.collector)
 
     def _builtins(self, print_factory: Callable[..., Any]) -> dict[str, Any]:
         """A fresh builtins dict (never RestrictedPython's shared one, never the real one)."""
@@ -334,7 +476,8 @@ class Guards:
         namespace.update({name: _unavailable(name, reason) for name, reason in UNAVAILABLE_BUILTINS.items()})
         namespace.update({
             "type": SandboxType, "getattr": self.getattr, "hasattr": self.hasattr, "setattr": self.setattr,
-            "delattr": self.delattr, "dir": self.dir, "__import__": self.import_module,
+            "delattr": self.delattr, "dir": self.dir, "globals": self.globals, "locals": self.locals,
+            "vars": self.vars, "__import__": self.import_module,
             "__build_class__": self.build_class, "__metaclass__": type,
             "_getattr_": self.getattr, "_getitem_": self.getitem, "_getiter_": iter, "_write_": self.write,
             "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
@@ -346,9 +489,23 @@ class Guards:
     # Reading
 
     def getattr(self, obj: object, name: str, *default: object) -> Any:
+        """Attribute reads, written or computed. With a default, one the guard refuses is missing."""
         if name == "__init__":
             return self._init_of(obj)
-        check_attribute(obj, name)
+        if name == "__dict__":
+            if not isinstance(obj, type) and self._is_own(obj):
+                return obj.__dict__
+            if default:
+                return default[0]
+            raise AttributeError('"__dict__" is available on your own objects only (vars() works too)')
+        try:
+            check_attribute(obj, name)
+        except AttributeError:
+            if default:
+                return default[0]
+            raise
+        if name == "__class__":
+            return SandboxType(obj)
         value = getattr(obj, name, *default)
         if is_str_formatter(value):
             return self._safe_formatter(value)
@@ -367,12 +524,49 @@ class Guards:
     getitem = staticmethod(guarded_getitem)
 
     def dir(self, *args: object) -> list[str]:
+        if not args:
+            return sorted(self._caller_namespace(locals_=True))
         if len(args) != 1:
-            raise TypeError("dir() takes one argument in the sandbox; SHOW_VARS() lists your variables")
+            raise TypeError(f"dir expected at most 1 argument, got {len(args)}")
         (obj,) = args
         if not (isinstance(obj, (ModuleView, *DIRABLE_TYPES)) or obj in DIRABLE_TYPES or self._is_own(obj)):
             raise TypeError("dir() works on modules, basic values and your own classes and objects")
         return sorted(name for name in dir(obj) if not name.startswith("_"))
+
+    def globals(self) -> dict[str, Any]:
+        """A copy of the block's variables: changing it does not change them."""
+        return self._caller_namespace(locals_=False)
+
+    def locals(self) -> dict[str, Any]:
+        """A copy of the calling function's variables (the block's, at top level)."""
+        return self._caller_namespace(locals_=True)
+
+    def vars(self, *args: object) -> dict[str, Any]:
+        """vars(): as locals(). vars(x): the attributes of your own object (its real __dict__) or class, or
+        of a module."""
+        if not args:
+            return self._caller_namespace(locals_=True)
+        if len(args) != 1:
+            raise TypeError(f"vars expected at most 1 argument, got {len(args)}")
+        (obj,) = args
+        if isinstance(obj, ModuleView):
+            return {key: value for key, value in vars(obj).items() if not key.startswith("_")}
+        if self._is_own(obj):
+            if not isinstance(obj, type):
+                return obj.__dict__  # type: ignore[no-any-return]
+            return {key: value for key, value in vars(obj).items() if not key.startswith("_")}
+        raise TypeError("vars() works on your own classes and objects and on modules in the sandbox")
+
+    def _caller_namespace(self, locals_: bool) -> dict[str, Any]:
+        """The variables of the nearest sandboxed frame up the stack (host helpers such as _apply_ may
+        stand in between), without the names sandboxed code cannot use."""
+        frame: FrameType | None = sys._getframe(2)
+        while frame is not None and frame.f_builtins is not self.builtins:
+            frame = frame.f_back
+        if frame is None:
+            raise RuntimeError("no sandboxed code is running")
+        namespace = frame.f_locals if locals_ else frame.f_globals
+        return {name: value for name, value in namespace.items() if not name.startswith("_")}
 
     # Writing
 
@@ -411,6 +605,9 @@ class Guards:
             # Import statements pass None or a tuple.
             return None
         view = self.modules.get(name) if level == 0 else None
+        refusal = REFUSED_MODULES.get(name.partition(".")[0])
+        if view is None and refusal is not None:
+            raise ImportError(f"module {name!r} is not available: {REFUSALS[refusal]}", name=name)
         if view is None:
             raise ImportError(f"module {name!r} is not available in the sandbox; the allowed modules are: "
                               f"{', '.join(ALLOWED_MODULES)}", name=name)
@@ -473,24 +670,128 @@ class Guards:
         return _named_like(reading, function)
 
     def _view(self, name: str, module: ModuleType) -> ModuleView:
-        names = getattr(module, "__all__", None) or [key for key in vars(module) if not key.startswith("_")]
-        names = [key for key in names if key not in WITHHELD.get(name, ())]
+        if name in SYNTHETIC_MODULES:
+            return ModuleView(name, self._synthetic_members(name))
+        names = getattr(module, "__all__", None) or list(vars(module))
+        names = [key for key in names if not key.startswith("_") and key not in WITHHELD.get(name, ())
+                 and (name not in SELECTED or key in SELECTED[name])]
         values = {key: getattr(module, key) for key in names}
-        classes = tuple(value for value in values.values() if isinstance(value, type))
+        classes = {value for value in values.values() if isinstance(value, type)}
         members = {}
         for key, value in values.items():
             if isinstance(value, ROUTINES):
                 if name == "re":
                     value = _without_debug_flag(value)
                 members[key] = self._noting_reads(value) if name in TEXT_MODULES else value
-            elif isinstance(value, (type, *classes)) or _is_plain_constant(value):
+            elif (isinstance(value, type) or type(value) in classes or _is_plain_constant(value)
+                  or (name == "typing" and not isinstance(value, ModuleType))):  # List, Optional, Any, ...
                 members[key] = value
-        if name == "functools":
-            members["wraps"] = self._wraps
-            members["total_ordering"] = self._total_ordering
-        if name == "string":
-            members["Formatter"] = SafeFormatter
+            elif type(value) is set and _is_plain_constant(frozenset(value)):  # hashlib.algorithms_*
+                members[key] = frozenset(value)
+        members.update(self._overrides(name))
         return ModuleView(name, members)
+
+    def _overrides(self, module: str) -> dict[str, Any]:
+        """Safe versions of members that would reach past the guards (host getattr, writes, the clock)."""
+        if module == "functools":
+            return {"wraps": self._wraps, "total_ordering": self._total_ordering}
+        if module == "string":
+            return {"Formatter": SafeFormatter}
+        if module == "operator":
+            return {"attrgetter": self._attrgetter, "methodcaller": self._methodcaller,
+                    "itemgetter": self._itemgetter, "getitem": self.getitem, "setitem": self._setitem,
+                    "delitem": self._delitem}
+        if module == "dataclasses":
+            return {"dataclass": self._dataclass}
+        if module == "enum":
+            return {cls.__name__: cls for cls in GUARDED_ENUMS}
+        if module == "time":
+            return {"sleep": self._sleep}
+        return {}
+
+    def _synthetic_members(self, module: str) -> dict[str, Any]:
+        if module == "sys":
+            stream = Stream(self._output)
+            return {"stdout": stream, "stderr": stream, "argv": [""], "version": sys.version,
+                    "version_info": tuple(sys.version_info), "maxsize": sys.maxsize,
+                    "maxunicode": sys.maxunicode, "byteorder": sys.byteorder, "platform": sys.platform,
+                    "getsizeof": sys.getsizeof, "getrecursionlimit": sys.getrecursionlimit,
+                    "getdefaultencoding": sys.getdefaultencoding, "exit": _exit}
+        return {"format_exc": self._format_exc, "print_exc": self._print_exc,
+                "format_exception": self._format_exception, "print_exception": self._print_exception,
+                "format_exception_only": self._format_exception_only}
+
+    # operator, without host getattr and writes
+
+    def _attrgetter(self, name: str, *more: str) -> Callable[[Any], Any]:
+        paths = [path.split(".") if isinstance(path, str) else path for path in (name, *more)]
+        if not all(isinstance(path, list) for path in paths):
+            raise TypeError("attribute name must be a string")
+
+        def get(obj: Any) -> Any:
+            found = [functools.reduce(self.getattr, path, obj) for path in paths]
+            return found[0] if len(found) == 1 else tuple(found)
+
+        return get
+
+    def _methodcaller(self, name: str, /, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+        if not isinstance(name, str):
+            raise TypeError("method name must be a string")
+        return lambda obj: self.getattr(obj, name)(*args, **kwargs)
+
+    def _itemgetter(self, item: Any, *more: Any) -> Callable[[Any], Any]:
+        if not more:
+            return lambda obj: self.getitem(obj, item)
+        return lambda obj: tuple(self.getitem(obj, key) for key in (item, *more))
+
+    def _setitem(self, obj: Any, key: Any, value: Any) -> None:
+        self.write(obj)[key] = value
+
+    def _delitem(self, obj: Any, key: Any) -> None:
+        del self.write(obj)[key]
+
+    # dataclasses
+
+    def _dataclass(self, cls: type | None = None, /, **options: Any) -> Any:
+        """dataclasses.dataclass on the code's own classes; the class it returns (a new one with slots=True)
+        is the code's own too. Field names must be ones no object guards: they become __match_args__."""
+
+        def decorate(target: type) -> type:
+            if not (isinstance(target, type) and target in self._own_classes):
+                raise TypeError("dataclasses.dataclass works on your own classes only")
+            for name in vars(target).get("__annotations__", {}):
+                if not is_plain_attribute_name(name):
+                    raise TypeError(f"{name!r} cannot be a dataclass field in the sandbox")
+            made: type = dataclasses.dataclass(**options)(target)
+            self._own_classes.add(made)
+            return made
+
+        return decorate if cls is None else decorate(cls)
+
+    # traceback, as the model sees errors
+
+    def _format_exception_only(self, exc: object, /, *more: Any) -> list[str]:
+        return self._exception_lines(exc, *more)[-1:]
+
+    def _format_exception(self, exc: object, /, *more: Any, **options: Any) -> list[str]:
+        """The short traceback through the code's own blocks (host frames and paths left out)."""
+        return self._exception_lines(exc, *more)
+
+    def _exception_lines(self, exc: object, *more: Any) -> list[str]:
+        """For (exc) or the older (type, value, tb) arguments; the traceback object is never read."""
+        error = exc if isinstance(exc, BaseException) else more[0] if more else None
+        if not isinstance(error, BaseException):
+            return ["NoneType: None\n"]
+        return [line + "\n" for line in self._describe(error).split("\n")]
+
+    def _format_exc(self, limit: int | None = None, chain: bool = True) -> str:
+        return "".join(self._exception_lines(sys.exception()))
+
+    def _print_exc(self, limit: int | None = None, file: Any = None, chain: bool = True) -> None:
+        (file or Stream(self._output)).write(self._format_exc())
+
+    def _print_exception(self, exc: BaseException, /, *more: Any, file: Any = None, **options: Any) -> None:
+        (file or Stream(self._output)).write("".join(self._exception_lines(exc, *more)))
 
     def _wraps(self, wrapped: object) -> Callable[[FunctionType], FunctionType]:
         """functools.wraps onto functions the sandbox defined, copying the usual attributes but not the
@@ -507,6 +808,53 @@ class Guards:
         if cls not in self._own_classes:
             raise TypeError("functools.total_ordering works on your own classes only")
         return functools.total_ordering(cls)
+
+
+def _exit(status: object = None) -> NoReturn:
+    """sys.exit: ends the block with SystemExit, as it would end a script."""
+    raise SystemExit(status)
+
+
+class _GuardedEnumType(enum.EnumType):
+    """The metaclass of the sandbox's Enum classes: the functional API (`Enum("Color", names)`) takes
+    member names only, never dunder names (which it would install as special methods: __del__,
+    __reduce_ex__, ...)."""
+
+    def __call__(cls, value: Any, names: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if names is not None:
+            if isinstance(names, str):
+                keys = names.replace(",", " ").split()
+            elif isinstance(names, Mapping):
+                keys = list(names)
+            else:
+                keys = [item if isinstance(item, str) else item[0] for item in names]
+            if any(not isinstance(key, str) or key.startswith("_") for key in keys):
+                raise ValueError("enum member names may not start with '_' in the sandbox")
+            kwargs.setdefault("module", "__main__")  # where the code runs, not this module
+        return super().__call__(value, names, *args, **kwargs)
+
+
+class Enum(enum.Enum, metaclass=_GuardedEnumType):
+    """enum.Enum."""
+
+
+class IntEnum(enum.IntEnum, metaclass=_GuardedEnumType):
+    """enum.IntEnum."""
+
+
+class StrEnum(enum.StrEnum, metaclass=_GuardedEnumType):
+    """enum.StrEnum."""
+
+
+class Flag(enum.Flag, metaclass=_GuardedEnumType):
+    """enum.Flag."""
+
+
+class IntFlag(enum.IntFlag, metaclass=_GuardedEnumType):
+    """enum.IntFlag."""
+
+
+GUARDED_ENUMS = (Enum, IntEnum, StrEnum, Flag, IntFlag)
 
 
 def _without_debug_flag(function: Callable[..., Any]) -> Callable[..., Any]:

@@ -46,7 +46,7 @@ class Repl:
         self._final: dict[str, Any] | None = None
         self._sources: dict[str, list[str]] = {}  # block filename -> its lines, for tracebacks
         self._blocks = 0
-        self._builtins = Guards(coverage, self._output.collector).builtins
+        self._builtins = Guards(coverage, self._output, self._describe, timer.sleep).builtins
         self._builtins.update({"llm_query": self.llm_query, "llm_query_batched": self.llm_query_batched,
                                "rlm_query": self.rlm_query, "FINAL": self.final, "FINAL_VAR": self.final_var,
                                "SHOW_VARS": self.show_vars})

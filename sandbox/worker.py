@@ -17,6 +17,7 @@ import ctypes
 import datetime
 import encodings
 import faulthandler
+import hashlib
 import io
 import json
 import math
@@ -155,6 +156,9 @@ def _warm_lazy_imports() -> None:
 
     datetime.datetime.strptime("2024-01-02 03:04", "%Y-%m-%d %H:%M")
     time.localtime()  # reads the local timezone once
+    for name in sorted(hashlib.algorithms_guaranteed):  # OpenSSL loads its providers on first use
+        hashlib.new(name, b"")
+    hashlib.pbkdf2_hmac("sha256", b"", b"", 1)
     for name in CODECS:
         codecs.lookup(name)
     # Any other codec would be imported on first use, which fails once no file can be opened, with an

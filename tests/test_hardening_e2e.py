@@ -98,9 +98,9 @@ def test_worker_output_stays_out_of_the_proxy_log(proxy: Server, written_since: 
 def test_formatting_and_super_reach_nothing(proxy: Server) -> None:
     attempts = {
         "userstring": "collections.UserString('{0.__class__.__base__.__subclasses__}').format(())",
-        "userstring_map": "collections.UserString('{a.__class__}').format_map({'a': 1})",
+        "userstring_map": "collections.UserString('{a.__class__.__base__}').format_map({'a': 1})",
         "formatter": "string.Formatter().format('{0.__globals__}', len)",
-        "str_format": "'{0.__class__}'.format(1)",
+        "str_format": "'{0.__class__.__init__}'.format(1)",
         "super_init": "getattr(super(E, E), '__init__')(re, 're', {'findall': 1})",
     }
     code = "import collections, re, string\nclass E(type(re)):\n    pass\n"
@@ -108,11 +108,11 @@ def test_formatting_and_super_reach_nothing(proxy: Server) -> None:
         code += (f"try:\n    print('ESCAPED', {name!r}, {attempt})\n"
                  "except (AttributeError, TypeError) as error:\n"
                  f"    print('blocked', {name!r}, repr(error))\n")
-    code += "print('{} and {x:>4}'.format('plain', x=7), re.findall('a', 'banana'))\n"
+    code += "print('{0} and {x:>4} {0.__class__.__name__}'.format('plain', x=7), re.findall('a', 'banana'))\n"
     seen = run_code(proxy, code)
     assert "ESCAPED" not in seen
     assert all(f"blocked {name} AttributeError" in seen for name in attempts), seen
-    assert "plain and    7 ['a', 'a', 'a']" in seen
+    assert "plain and    7 str ['a', 'a', 'a']" in seen
 
 
 def test_crashes_become_notes_and_leave_nothing_half_dead(proxy: Server) -> None:

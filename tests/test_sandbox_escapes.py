@@ -21,7 +21,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 CANARY = "canary-3f9c1e7a-do-not-leak"
 PROJECT_DIR = str(Path(__file__).resolve().parent.parent)
 INTEGRITY_CHECK = ("import re\nprint(re.findall('a', 'banana'), type(context) is str, len(context))\n"
-                   "try:\n    getattr((), '__class__')\nexcept AttributeError:\n    print('guarded')")
+                   "try:\n    getattr((), '__reduce__')\nexcept AttributeError:\n    print('guarded')")
 
 
 class Handler:

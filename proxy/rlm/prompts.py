@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.model_facts import message_text
+from sandbox import ALLOWED_MODULES
 
 # Heads and tails of the question and any system message, as shown to the root model.
 PREVIEW_CHARS = 1500
 MAX_SYSTEM_CHARS = 4000
-ALLOWED_MODULES = ("re, json, math, statistics, collections, itertools, functools, string, textwrap, "
-                   "datetime, random, heapq, bisect, difflib, unicodedata")
 
 SYSTEM_PROMPT = """\
 You are the root model of a Recursive Language Model (RLM). You answer a request about an input that is \
@@ -111,7 +110,7 @@ def _protocol(settings: PromptSettings) -> str:
     else:
         coverage = "Search it with code (re, str methods) over all of it, not a sample."
     return SYSTEM_PROMPT.format(subcall_tools=tools, max_output_chars=settings.max_output_chars,
-                                modules=ALLOWED_MODULES, coverage_advice=coverage,
+                                modules=", ".join(ALLOWED_MODULES), coverage_advice=coverage,
                                 subcall_advice=SUBCALL_ADVICE if settings.subcalls else "",
                                 max_iterations=settings.max_iterations)
 
