@@ -310,7 +310,7 @@ async def test_close_and_aclose_leave_no_processes(pool: SandboxPool) -> None:
     assert own.status()["usable"] is False  # not started
     await own.start()
     assert own.status() == {"usable": True, "warm": 2, "sessions": 0, "workers": 2, "max_workers": 32,
-                            "waiting": 0}
+                            "waiting": 0, "isolation": "seccomp"}
     first, second = await own.session("a"), await own.session(["b"])
     assert own.status()["sessions"] == 2
     await asyncio.sleep(0.5)  # let it refill
