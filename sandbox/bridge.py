@@ -48,9 +48,10 @@ logger = logging.getLogger(__name__)
 PACKAGE_DIR = str(Path(__file__).resolve().parent)
 # -I leaves the cwd off sys.path, so the package is found from its directory, given explicitly. It is
 # registered as a bare package: its __init__ (the parent's side: asyncio, the pool) would only slow the
-# worker's start.
-BOOT = ("import sys, types; package = types.ModuleType('sandbox'); package.__path__ = [sys.argv[1]]; "
-        "sys.modules['sandbox'] = package; from sandbox.worker import main; main()")
+# worker's start. Tests and benchmarks put their own code between the two (never the configuration).
+BOOT_PACKAGE = ("import sys, types; package = types.ModuleType('sandbox'); package.__path__ = [sys.argv[1]]; "
+                "sys.modules['sandbox'] = package; ")
+BOOT = BOOT_PACKAGE + "from sandbox.worker import main; main()"
 WORKER_COMMAND = (sys.executable, "-I", "-c", BOOT, PACKAGE_DIR)
 READY_TIMEOUT_S = 30.0
 LOAD_TIMEOUT_S = 120.0
