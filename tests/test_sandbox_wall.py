@@ -12,6 +12,7 @@ secret in its environment and in a world-readable config file, as a proxy holds 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -61,22 +62,28 @@ def secrets() -> Iterator[Path]:
     shutil.rmtree(folder)
 
 
+@contextlib.asynccontextmanager
+async def raw_workers(seccomp: bool, warm_workers: int = 1) -> AsyncIterator[SandboxPool]:
+    pool = SandboxPool(LIMITS, PoolLimits(warm_workers=warm_workers), command=raw_worker.command(seccomp))
+    await pool.start()
+    try:
+        yield pool
+    finally:
+        await pool.aclose()
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def filtered(secrets: Path) -> AsyncIterator[SandboxPool]:
     """Raw code in workers with every wall, seccomp included."""
-    pool = SandboxPool(LIMITS, PoolLimits(warm_workers=1), command=raw_worker.command(seccomp=True))
-    await pool.start()
-    yield pool
-    await pool.aclose()
+    async with raw_workers(seccomp=True) as pool:
+        yield pool
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def unfiltered(secrets: Path) -> AsyncIterator[SandboxPool]:
     """Raw code in workers on a host without libseccomp: rlimits, namespaces and the change of user."""
-    pool = SandboxPool(LIMITS, PoolLimits(warm_workers=1), command=raw_worker.command(seccomp=False))
-    await pool.start()
-    yield pool
-    await pool.aclose()
+    async with raw_workers(seccomp=False) as pool:
+        yield pool
 
 
 async def run(pool: SandboxPool, code: str) -> ExecResult:
@@ -256,12 +263,8 @@ async def test_the_worker_sees_no_inherited_descriptors(filtered: SandboxPool, s
     held = os.open(secrets, os.O_RDONLY)  # an inheritable descriptor of the parent's, open while spawning
     os.set_inheritable(held, True)
     try:
-        fresh = SandboxPool(LIMITS, PoolLimits(warm_workers=1), command=raw_worker.command(seccomp=True))
-        await fresh.start()
-    finally:
-        os.close(held)
-    try:
-        code = """
+        async with raw_workers(seccomp=True) as fresh:
+            code = """
 import stat
 def kind(fd):
     try:
@@ -270,24 +273,20 @@ def kind(fd):
         return None
 FINAL({fd: kind(fd) for fd in range(1024) if kind(fd)})
 """
-        assert answer(await run(fresh, code)) == "{0: 'pipe', 1: 'pipe', 2: 'pipe', 3: 'pipe'}"
+            assert answer(await run(fresh, code)) == "{0: 'pipe', 1: 'pipe', 2: 'pipe', 3: 'pipe'}"
     finally:
-        await fresh.aclose()
+        os.close(held)
 
 
 async def test_without_seccomp_the_worker_starts_and_the_pool_warns_once(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="sandbox.pool")
-    pool = SandboxPool(LIMITS, PoolLimits(warm_workers=2), command=raw_worker.command(seccomp=False))
-    await pool.start()
-    try:
+    async with raw_workers(seccomp=False, warm_workers=2) as pool:
         session = await pool.session("context")
         assert answer(await session.execute("FINAL(1 + 1)", Handler())) == "2"
         await session.close()
         assert pool.status()["isolation"] == "namespaces"
         assert pool.status()["usable"] is True
-    finally:
-        await pool.aclose()
     warnings = [record for record in caplog.records if "without a seccomp filter" in record.getMessage()]
     assert len(warnings) == 1 and "isolation: namespaces" in warnings[0].getMessage()
 
