@@ -428,6 +428,9 @@ async def test_a_malformed_frame_gets_the_worker_killed(frames: bytes) -> None:
     {"op": "var", "value": 3, "problem": None},
     {"op": "var", "value": None},
     {"op": "shell", "command": "id"},
+    {"op": "ready"},
+    {"op": "ready", "namespaces": True, "seccomp": 1},
+    {"op": "ready", "namespaces": True, "seccomp": True, "root": True},
 ])
 async def test_messages_from_a_worker_are_validated_strictly(message: dict[str, Any]) -> None:
     with pytest.raises(ProtocolError):
