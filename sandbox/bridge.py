@@ -357,6 +357,8 @@ def describe_exit(code: int, limits: SandboxLimits, stderr: str = "") -> str:
                 f"{limits.cpu_s_per_run:g} s per run)")
     if code == -signal.SIGKILL:
         return "it was killed by the system (most likely for using too much memory or CPU time)"
+    if code == -signal.SIGSYS:  # the seccomp filter's answer to a call through another ABI
+        return "it made a system call that the sandbox forbids"
     if -code in CRASH_SIGNALS:
         where = CRASH_FRAME.search(stderr)
         at = f" at {where.group(1)}, line {where.group(2)}" if where else ""
