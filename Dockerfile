@@ -24,6 +24,13 @@ LABEL org.opencontainers.image.title="rlm-proxy" \
 RUN groupadd --system --gid 10001 rlm \
     && useradd --system --uid 10001 --gid rlm --home-dir /home/rlm --create-home --shell /usr/sbin/nologin rlm
 COPY --from=build /opt/rlm-proxy /opt/rlm-proxy
+# The sandbox workers' seccomp filter needs libseccomp2, which the base image carries (apt depends on it):
+# the build fails here the day it does not. The rlm-sandbox user is for `sandbox.worker_user` (README:
+# threat model); it owns nothing.
+RUN /opt/rlm-proxy/bin/python -c "import pyseccomp" \
+    && groupadd --system --gid 10002 rlm-sandbox \
+    && useradd --system --uid 10002 --gid rlm-sandbox --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin rlm-sandbox
 # Bytecode was compiled at install time, so the root filesystem can be mounted read-only.
 # LITELLM_LOCAL_MODEL_COST_MAP: use the price map bundled with litellm instead of fetching one at start-up.
 ENV PATH=/opt/rlm-proxy/bin:$PATH \

@@ -1,12 +1,18 @@
 """Sandbox overheads: what running code in a separate, limited worker process costs the RLM loop.
 
     .venv/bin/python -m bench.sandbox [--blocks N] [--starts N] [--context-mb MB]
+    .venv/bin/python -m bench.sandbox --seccomp-cost [--blocks N] [--starts N]
 
 Measures, with real worker processes:
   - per-block overhead: `execute("x = 1")` round trips on a warm session (target: p50 under 5 ms);
   - session start with a large str context taken from a warm pool (target: 100 MB in under 0.5 s);
   - a block making 3 sequential llm_query calls against a handler that answers at once, next to the same
     block without the calls: the difference is what the bridge adds per sub-call.
+With --seccomp-cost, what the workers' seccomp filter costs, with and without it side by side in one run
+(interleaved, so both see the same machine): worker start-up (spawn to ready), a cold session (start, then
+load a small context: the filter's second stage), and per-block times of a trivial block and of one making
+hundreds of memory system calls. "Without" is a worker whose libseccomp binding cannot be imported, as on a
+host without libseccomp.
 Figures are printed, not asserted: these machines are noisy.
 """
 
@@ -16,13 +22,21 @@ import argparse
 import asyncio
 import os
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sandbox import PoolLimits, SandboxLimits, SandboxPool
+from sandbox.bridge import BOOT, PACKAGE_DIR, WORKER_COMMAND, WorkerProcess
 
 WAIT_FOR_WARM_S = 30.0
+WITHOUT_SECCOMP = (sys.executable, "-I", "-c", "import sys; sys.modules['pyseccomp'] = None; " + BOOT,
+                   PACKAGE_DIR)
+FILTER_VARIANTS = {"with the filter": (WORKER_COMMAND, "seccomp"), "without": (WITHOUT_SECCOMP, "namespaces")}
+COST_BLOCKS = {'execute("x = 1")': "x = 1",
+               "300 x 1 MB allocations": "for _ in range(300):\n    block = bytearray(2**20)\n    del block"}
+ROUND = 25  # blocks per variant before switching to the other
 
 
 class InstantHandler:
@@ -115,13 +129,71 @@ async def measure(args: argparse.Namespace) -> None:
     print(f"\nThis machine has {os.cpu_count()} cores; the parent, the worker and any refill share them.")
 
 
+async def seccomp_cost(args: argparse.Namespace) -> None:
+    starts: dict[str, list[float]] = {name: [] for name in FILTER_VARIANTS}
+    cold: dict[str, list[float]] = {name: [] for name in FILTER_VARIANTS}
+    pools = {name: SandboxPool(SandboxLimits(memory_mb=1024), PoolLimits(warm_workers=0), command=command)
+             for name, (command, _) in FILTER_VARIANTS.items()}
+    for pool in pools.values():
+        await pool.start()
+    try:
+        for _ in range(args.starts):
+            for name, (command, isolation) in FILTER_VARIANTS.items():
+                began = time.perf_counter()
+                worker = await WorkerProcess.spawn(command)
+                starts[name].append(time.perf_counter() - began)
+                await worker.close()
+                if worker.isolation != isolation:
+                    raise RuntimeError(f"{name}: the worker reported {worker.isolation!r}")
+                began = time.perf_counter()
+                session = await pools[name].session("a small context")
+                cold[name].append(time.perf_counter() - began)
+                await session.close()
+        blocks = await interleaved_blocks(pools, args.blocks)
+    finally:
+        for pool in pools.values():
+            await pool.aclose()
+    print(f"Seccomp filter cost, side by side ({args.starts} starts and {args.blocks} blocks per variant, "
+          "interleaved):")
+    rows = {"worker start (spawn to ready)": starts, "cold session (start + load)": cold,
+            **{f"block: {name}": times for name, times in blocks.items()}}
+    for row, times in rows.items():
+        print(f"  {row}")
+        for name in FILTER_VARIANTS:
+            print(f"    {name:<17}{summary(times[name])}")
+        ratio = statistics.median(times["with the filter"]) / statistics.median(times["without"])
+        print(f"    => with / without (p50): {ratio:.3f}")
+    print(f"\nThis machine has {os.cpu_count()} cores.")
+
+
+async def interleaved_blocks(pools: dict[str, SandboxPool], blocks: int) -> dict[str, dict[str, list[float]]]:
+    """Per-block seconds of each COST_BLOCKS entry in a warm session of each pool, alternating in rounds."""
+    handler = InstantHandler()
+    sessions = {name: await pool.session("a small context") for name, pool in pools.items()}
+    times: dict[str, dict[str, list[float]]] = {block: {name: [] for name in pools} for block in COST_BLOCKS}
+    try:
+        for session in sessions.values():
+            await timed(lambda session=session: session.execute("x = 1", handler), 20)  # warm-up
+        for _ in range(max(1, blocks // ROUND)):
+            for block, code in COST_BLOCKS.items():
+                for name, session in sessions.items():
+                    times[block][name] += await timed(lambda s=session, c=code: s.execute(c, handler), ROUND)
+    finally:
+        for session in sessions.values():
+            await session.close()
+    return times
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.sandbox", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--blocks", type=int, default=500, help="blocks per per-block measurement")
     parser.add_argument("--starts", type=int, default=5, help="session starts with the large context")
     parser.add_argument("--context-mb", type=int, default=100, help="size of the large str context")
-    asyncio.run(measure(parser.parse_args(argv)))
+    parser.add_argument("--seccomp-cost", action="store_true",
+                        help="measure the seccomp filter: with and without it, side by side")
+    args = parser.parse_args(argv)
+    asyncio.run(seccomp_cost(args) if args.seccomp_cost else measure(args))
     return 0
 
 

@@ -19,7 +19,7 @@ from proxy.api.deps import Services
 from proxy.auth import KeyChecker
 from proxy.balancer import Balancer
 from proxy.cache import Cache
-from proxy.config import Settings, load_settings
+from proxy.config import Settings, load_settings, worker_ids
 from proxy.errors import ProxyError, error_dialect, invalid_request
 from proxy.http_server.head_limits import lifespan_state
 from proxy.memory import IdleMemoryMiddleware, MemoryReleaser, load_glibc
@@ -32,7 +32,7 @@ from proxy.response_store import ResponseStore
 from proxy.rlm.engine import RLMEngine
 from proxy.routing import ModeRouter
 from proxy.upstream import Upstream
-from sandbox import MIB, PoolLimits, SandboxLimits, SandboxPool
+from sandbox import MIB, PoolLimits, SandboxLimits, SandboxPool, WorkerUser
 
 log = logging.getLogger("rlm_proxy")
 
@@ -139,8 +139,10 @@ def _admission(settings: Settings, metrics: Metrics) -> RunAdmission:
 
 def _pool_limits(settings: Settings) -> PoolLimits:
     sandbox = settings.sandbox
+    user = None if sandbox.worker_user is None else WorkerUser(*worker_ids(sandbox.worker_user))
     return PoolLimits(warm_workers=sandbox.workers, max_workers=sandbox.max_workers,
-                      worker_wait_s=sandbox.worker_wait_s, max_inflight_bytes=sandbox.max_inflight_mb * MIB)
+                      worker_wait_s=sandbox.worker_wait_s, max_inflight_bytes=sandbox.max_inflight_mb * MIB,
+                      worker_user=user)
 
 
 def create_app_from_env() -> FastAPI:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pwd
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -208,12 +209,36 @@ class SandboxSettings(_Section):
     max_batch_mb: int = Field(default=64, ge=1, le=256, description="held for one worker at a time")
     max_run_mb: int = Field(default=1024, ge=1, description="sent by one run in all")
     max_inflight_mb: int = Field(default=256, ge=1, description="held for all workers together")
+    # Workers start under this user ("name", "uid" or "uid:gid") instead of the proxy's; the proxy needs
+    # CAP_SETUID and CAP_SETGID for it (README: threat model).
+    worker_user: str | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _warm_within_max(self) -> SandboxSettings:
         if self.workers > self.max_workers:
             raise ValueError("sandbox.workers (warm workers) cannot exceed sandbox.max_workers")
         return self
+
+    @field_validator("worker_user")
+    @classmethod
+    def _worker_user_exists(cls, value: str | None) -> str | None:
+        if value is not None:
+            worker_ids(value)
+        return value
+
+
+def worker_ids(user: str) -> tuple[int, int]:
+    """(uid, gid) of a user given as "name" (its primary group), "uid" (the same gid) or "uid:gid"."""
+    uid, _, gid = user.partition(":")
+    if uid.isdigit() and (not gid or gid.isdigit()):
+        return int(uid), int(gid or uid)
+    if gid:
+        raise ValueError(f"'{user}' is neither a user name nor uid[:gid]")
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ValueError(f"there is no user '{user}' on this machine") from None
+    return entry.pw_uid, entry.pw_gid
 
 
 class Settings(BaseSettings):

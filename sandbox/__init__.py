@@ -21,6 +21,7 @@ from sandbox.interface import (
     PoolLimits,
     SandboxLimits,
     SandboxUnavailableError,
+    WorkerUser,
 )
 from sandbox.pool import SandboxPool
 from sandbox.session import SandboxSession
@@ -38,4 +39,5 @@ __all__ = [
     "SandboxPool",
     "SandboxSession",
     "SandboxUnavailableError",
+    "WorkerUser",
 ]

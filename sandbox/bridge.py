@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import orjson
 
 from sandbox.framing import FrameError, encode, raw_frame, read_frame, read_message
-from sandbox.interface import CallHandler, SandboxLimits, SandboxUnavailableError
+from sandbox.interface import CallHandler, Isolation, SandboxLimits, SandboxUnavailableError, WorkerUser
 from sandbox.protocol import (
     BlockDone,
     LlmRequest,
@@ -48,9 +48,10 @@ logger = logging.getLogger(__name__)
 PACKAGE_DIR = str(Path(__file__).resolve().parent)
 # -I leaves the cwd off sys.path, so the package is found from its directory, given explicitly. It is
 # registered as a bare package: its __init__ (the parent's side: asyncio, the pool) would only slow the
-# worker's start.
-BOOT = ("import sys, types; package = types.ModuleType('sandbox'); package.__path__ = [sys.argv[1]]; "
-        "sys.modules['sandbox'] = package; from sandbox.worker import main; main()")
+# worker's start. Tests and benchmarks put their own code between the two (never the configuration).
+BOOT_PACKAGE = ("import sys, types; package = types.ModuleType('sandbox'); package.__path__ = [sys.argv[1]]; "
+                "sys.modules['sandbox'] = package; ")
+BOOT = BOOT_PACKAGE + "from sandbox.worker import main; main()"
 WORKER_COMMAND = (sys.executable, "-I", "-c", BOOT, PACKAGE_DIR)
 READY_TIMEOUT_S = 30.0
 LOAD_TIMEOUT_S = 120.0
@@ -103,16 +104,19 @@ class WorkerProcess:
         self._limits = SandboxLimits()
         self._kill_cause: str | None = None  # why the parent killed it, when it did
         self._wall_left = 0.0  # of the running block's wall-clock allowance
+        self.isolation: Isolation = "rlimits only"  # as the worker reported when it was ready
 
     @classmethod
-    async def spawn(cls) -> WorkerProcess:
+    async def spawn(cls, command: Sequence[str] = WORKER_COMMAND, user: WorkerUser | None = None
+                    ) -> WorkerProcess:
         """A started worker that has imported everything and waits for a context."""
-        worker = await cls.start(WORKER_COMMAND)
+        worker = await cls.start(command, user)
         try:
             async with asyncio.timeout(READY_TIMEOUT_S):
                 message = await worker._receive()
             if not isinstance(message, Ready):
                 raise WorkerDied("it did not start properly")
+            worker.isolation = message.isolation
         except (TimeoutError, WorkerDied) as error:
             await worker.close()
             raise SandboxUnavailableError(f"a sandbox worker failed to start: {error}") from None
@@ -122,14 +126,17 @@ class WorkerProcess:
         return worker
 
     @classmethod
-    async def start(cls, command: Sequence[str]) -> WorkerProcess:
+    async def start(cls, command: Sequence[str], user: WorkerUser | None = None) -> WorkerProcess:
         """The process, its pipes on the event loop. Popen (vfork, well under a millisecond) rather than
         the loop's own subprocess support: uvloop forks, which copies the whole proxy's page tables and
-        stalls every request for tens of milliseconds when the proxy is large."""
+        stalls every request for tens of milliseconds when the proxy is large. (Under another `user`,
+        Popen forks instead: vfork cannot change the child's ids.)"""
+        ids: dict[str, Any] = {} if user is None else {"user": user.uid, "group": user.gid,
+                                                       "extra_groups": []}
         try:
             process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,  # noqa: ASYNC220
                                        stderr=subprocess.PIPE, env={}, cwd="/", start_new_session=True,
-                                       close_fds=True)
+                                       close_fds=True, **ids)
         except OSError as error:
             raise SandboxUnavailableError(f"cannot start a sandbox worker: {error}") from None
         assert process.stdin is not None and process.stdout is not None and process.stderr is not None
@@ -350,6 +357,8 @@ def describe_exit(code: int, limits: SandboxLimits, stderr: str = "") -> str:
                 f"{limits.cpu_s_per_run:g} s per run)")
     if code == -signal.SIGKILL:
         return "it was killed by the system (most likely for using too much memory or CPU time)"
+    if code == -signal.SIGSYS:  # the seccomp filter's answer to a call through another ABI
+        return "it made a system call that the sandbox forbids"
     if -code in CRASH_SIGNALS:
         where = CRASH_FRAME.search(stderr)
         at = f" at {where.group(1)}, line {where.group(2)}" if where else ""

@@ -8,6 +8,8 @@ from typing import Literal, Protocol
 from sandbox.framing import MAX_FRAME_BYTES
 
 Outcome = Literal["ok", "error", "timeout", "killed"]
+# The strongest wall a worker has on top of RestrictedPython and its rlimits (README: threat model).
+Isolation = Literal["seccomp", "namespaces", "rlimits only"]
 NestedContext = str | list[dict[str, str]] | None
 MIB = 2**20
 
@@ -40,6 +42,14 @@ class SandboxLimits:
 
 
 @dataclass(frozen=True)
+class WorkerUser:
+    """The ids workers are started under instead of the proxy's own (which needs CAP_SETUID/CAP_SETGID)."""
+
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
 class PoolLimits:
     """What all the sessions of a pool share."""
 
@@ -47,6 +57,7 @@ class PoolLimits:
     max_workers: int = 32  # live worker processes at once, warm ones included
     worker_wait_s: float = 60.0  # how long a session waits for a worker when all are busy
     max_inflight_bytes: int = 256 * MIB  # sub-call texts held for all workers together
+    worker_user: WorkerUser | None = None  # None: workers start as the proxy's user
 
     def __post_init__(self) -> None:
         if not (0 <= self.warm_workers <= self.max_workers and self.max_workers > 0):

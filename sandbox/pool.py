@@ -11,10 +11,11 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
-from sandbox.bridge import WorkerProcess
-from sandbox.interface import PoolLimits, SandboxLimits, SandboxUnavailableError
+from sandbox.bridge import WORKER_COMMAND, WorkerProcess
+from sandbox.interface import Isolation, PoolLimits, SandboxLimits, SandboxUnavailableError
 from sandbox.session import SandboxSession
 from sandbox.transfer import ByteBudget, Transfers
 
@@ -22,9 +23,12 @@ logger = logging.getLogger(__name__)
 
 
 class SandboxPool:
-    def __init__(self, limits: SandboxLimits, shared: PoolLimits | None = None) -> None:
+    def __init__(self, limits: SandboxLimits, shared: PoolLimits | None = None,
+                 command: Sequence[str] = WORKER_COMMAND) -> None:
+        """`command` starts a worker; only tests and benchmarks give another (never the configuration)."""
         self._limits = limits
         self._shared = shared or PoolLimits()
+        self._command = command
         self._bytes = ByteBudget(self._shared.max_inflight_bytes)
         self._slots = 0  # live workers and spawns under way: at most max_workers
         self._live: set[WorkerProcess] = set()  # every started worker holding a slot
@@ -36,6 +40,7 @@ class SandboxPool:
         self._started = False
         self._closed = False
         self._spawn_error: str | None = None  # the last failure to start a worker, until one starts
+        self._isolation: Isolation | None = None  # as the last worker to start reported it
 
     async def start(self) -> None:
         """Spawns the warm workers and waits until they are ready."""
@@ -67,6 +72,8 @@ class SandboxPool:
         status: dict[str, Any] = {"usable": usable, "warm": len(self._warm), "sessions": len(self._sessions),
                                   "workers": len(self._live), "max_workers": self._shared.max_workers,
                                   "waiting": len(self._waiting)}
+        if self._isolation is not None:
+            status["isolation"] = self._isolation
         if self._spawn_error is not None:
             status["error"] = self._spawn_error
         return status
@@ -170,7 +177,7 @@ class SandboxPool:
     async def _spawn_in_slot(self) -> WorkerProcess:
         """A new worker, in a slot counted for it (and given back if it fails to start)."""
         try:
-            worker = await WorkerProcess.spawn()
+            worker = await WorkerProcess.spawn(self._command, self._shared.worker_user)
         except BaseException as error:
             self._release_slot()
             if isinstance(error, SandboxUnavailableError):
@@ -178,4 +185,13 @@ class SandboxPool:
             raise
         self._spawn_error = None
         self._live.add(worker)
+        self._note_isolation(worker.isolation)
         return worker
+
+    def _note_isolation(self, isolation: Isolation) -> None:
+        """Warns once per pool (not per worker) when workers run behind fewer walls than they could."""
+        if isolation != "seccomp" and self._isolation in (None, "seccomp"):
+            logger.warning("sandbox workers run without a seccomp filter (isolation: %s): install "
+                           "libseccomp2 and allow seccomp in the container runtime (README: threat model)",
+                           isolation)
+        self._isolation = isolation

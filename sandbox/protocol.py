@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sandbox.framing import MAX_FRAME_BYTES
-from sandbox.interface import FinalAnswer
+from sandbox.interface import FinalAnswer, Isolation
 
 MAX_BATCH_PROMPTS = 4096
 MAX_NESTED_MESSAGES = 4096  # a nested run's context as a list of messages
@@ -42,7 +42,14 @@ class ProtocolError(Exception):
 
 @dataclass(frozen=True)
 class Ready:
-    pass
+    """The walls the worker stands behind besides its rlimits (which it always has)."""
+
+    namespaces: bool  # its own network namespace, and no root (nobody, or a user namespace)
+    seccomp: bool  # the system-call filter
+
+    @property
+    def isolation(self) -> Isolation:
+        return "seccomp" if self.seccomp else "namespaces" if self.namespaces else "rlimits only"
 
 
 @dataclass(frozen=True)
@@ -90,8 +97,11 @@ WorkerMessage = Ready | Loaded | LlmRequest | RlmRequest | BlockDone | VariableV
 def parse_worker_message(message: dict[str, Any], max_output_chars: int) -> WorkerMessage:
     op = message.get("op")
     if op == "ready":
-        _expect_keys(message, "op")
-        return Ready()
+        _expect_keys(message, "op", "namespaces", "seccomp")
+        namespaces, seccomp = message["namespaces"], message["seccomp"]
+        if not (isinstance(namespaces, bool) and isinstance(seccomp, bool)):
+            raise ProtocolError("ready: namespaces and seccomp must be booleans")
+        return Ready(namespaces, seccomp)
     if op == "loaded":
         _expect_keys(message, "op", "coverage")
         return Loaded(_fraction(message["coverage"]))

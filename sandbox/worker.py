@@ -6,13 +6,13 @@ a pipe the parent drains and bounds, so that nothing printed by accident can cor
 proxy's own output. Python-level writers (sys.stdout, sys.stderr, warnings, ignored exceptions) write
 nothing at all; only the interpreter's fatal-error report (faulthandler) reaches that pipe. Its limits,
 once the context is loaded, are irreversible: address space, CPU per run and per block, no file writes,
-no new file descriptors.
+no new file descriptors. Before it says it is ready it drops root (or enters a user namespace) and its
+network, and installs a seccomp filter (sandbox/syscall_filter.py), tightened once the context is loaded.
 """
 
 from __future__ import annotations
 
 import codecs
-import contextlib
 import ctypes
 import datetime
 import encodings
@@ -38,6 +38,7 @@ from sandbox.limits import BlockTimer, address_space_bytes, apply_process_limits
 from sandbox.policy import guard_stdlib_formatting
 from sandbox.protocol import ProtocolError
 from sandbox.repl import Repl
+from sandbox.syscall_filter import forbid_opening_files, install_start_filter, load_library
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
@@ -70,11 +71,13 @@ def main() -> None:
     _warm_lazy_imports()
     guard_stdlib_formatting()
     redact = _host_path_redactor()
-    _isolate(libc, parent)
+    seccomp = load_library()
+    namespaces = _isolate(libc, parent)
+    filtered = seccomp is not None and install_start_filter(seccomp)
     os.environ.clear()
     try:
-        channel.send({"op": "ready"})
-        _serve(channel, keep_fds=protocol_fd + 1, redact=redact)
+        channel.send({"op": "ready", "namespaces": namespaces, "seccomp": filtered})
+        _serve(channel, keep_fds=protocol_fd + 1, redact=redact, seccomp=seccomp if filtered else None)
     except (EOFError, BrokenPipeError):
         pass  # the parent is gone or closed the session
 
@@ -87,7 +90,7 @@ class _Sink(io.TextIOBase):
         return len(text)
 
 
-def _serve(channel: BlockingChannel, keep_fds: int, redact: Callable[[str], str]) -> None:
+def _serve(channel: BlockingChannel, keep_fds: int, redact: Callable[[str], str], seccomp: Any) -> None:
     load = channel.receive()
     if load.get("op") != "load":
         raise ProtocolError("expected a load message")
@@ -101,6 +104,8 @@ def _serve(channel: BlockingChannel, keep_fds: int, redact: Callable[[str], str]
     timer = BlockTimer(limits["cpu_s_per_block"], cpu_limit_s)
     memory = address_space_bytes() + limits["memory_mb"] * MIB + CONTEXT_HEADROOM * received
     apply_process_limits(memory, cpu_limit_s, keep_fds)
+    if seccomp is not None:
+        forbid_opening_files(seccomp)
 
     def exchange(request: dict[str, Any], texts: Sequence[str | bytes]) -> dict[str, Any]:
         with timer.host_busy():
@@ -188,18 +193,22 @@ def _host_path_redactor() -> Callable[[str], str]:
     return lambda text: pattern.sub(HOST_PATH_MARK, text) if "/" in text else text
 
 
-def _isolate(libc: ctypes.CDLL, parent: int) -> None:
-    """Best-effort isolation on top of the rlimits: no network namespace, no root, no privilege gain."""
+def _isolate(libc: ctypes.CDLL, parent: int) -> bool:
+    """Best-effort isolation on top of the rlimits: no network namespace, no root, no privilege gain.
+    True when the network namespace (and, as root, the change to nobody) took effect."""
     if os.geteuid() == 0:
-        libc.unshare(CLONE_NEWNET)
-        with contextlib.suppress(OSError):
+        isolated = libc.unshare(CLONE_NEWNET) == 0
+        try:
             os.setgroups([])
             os.setgid(NOBODY)
             os.setuid(NOBODY)
+        except OSError:
+            isolated = False
     else:
-        libc.unshare(CLONE_NEWUSER | CLONE_NEWNET)
+        isolated = libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a change of user clears it
     if os.getppid() != parent:
         os._exit(0)
+    return isolated
 

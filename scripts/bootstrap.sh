@@ -17,3 +17,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${RLM_PROXY_EXTRAS:-}"
+
+# The sandbox workers' seccomp filter needs libseccomp2 (without it they run behind fewer walls, and
+# /readyz says so).
+if ! .venv/bin/python -c "import pyseccomp" 2>/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libseccomp2 >/dev/null
+    else
+        echo "warning: libseccomp is missing (Debian/Ubuntu: apt-get install libseccomp2); sandbox workers" \
+             "will run without their seccomp filter" >&2
+    fi
+fi

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import pwd
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from proxy.config import ConfigError, load_settings
+from proxy.app import _pool_limits
+from proxy.config import ConfigError, Settings, load_settings, worker_ids
+from sandbox import WorkerUser
 
 SK_A_HASH = hashlib.sha256(b"sk-a").hexdigest()
 
@@ -80,6 +83,8 @@ def test_litellm_proxy_config_loads_unchanged(tmp_path: Path) -> None:
      {}, "rlm.sub_model"),
     ({"rlm": {"max_iterations": 0}}, {}, "rlm.max_iterations"),
     ({"sandbox": {"memory_mb": "lots"}}, {}, "sandbox.memory_mb"),
+    ({"sandbox": {"worker_user": "no-such-user-here"}}, {}, "there is no user 'no-such-user-here'"),
+    ({"sandbox": {"worker_user": "10:staff"}}, {}, "'10:staff' is neither a user name nor uid[:gid]"),
     ({"cache": {"ttl_s": 0}}, {}, "cache.ttl_s"),
     ({"cache": {"scope": "tenant"}}, {}, "cache.scope"),
     ({"cache": {"max_bytes": 1000}}, {}, "cache.max_bytes"),
@@ -138,3 +143,13 @@ def test_serve_refuses_a_bad_config_with_one_message(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "server.max_body_bytes" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_worker_user_is_a_name_a_uid_or_uid_and_gid(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _pool_limits(Settings()).worker_user is None  # by default workers start as the proxy's user
+    nobody = pwd.getpwnam("nobody")
+    assert (worker_ids("nobody"), worker_ids("1000"), worker_ids("1000:2000")) == (
+        (nobody.pw_uid, nobody.pw_gid), (1000, 1000), (1000, 2000))
+    monkeypatch.setenv("RLM_PROXY_SANDBOX__WORKER_USER", "nobody")
+    settings = load_settings()
+    assert _pool_limits(settings).worker_user == WorkerUser(nobody.pw_uid, nobody.pw_gid)

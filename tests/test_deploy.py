@@ -424,6 +424,9 @@ def test_dockerfile_runs_the_proxy_unprivileged_with_a_healthcheck() -> None:
     # Nothing is compiled or fetched with apt in the final stage: no build tools there.
     runs = [argument for op, argument in final if op == "RUN"]
     assert not any(re.search(r"apt|apk|gcc|build-essential", argument) for argument in runs)
+    # The seccomp binding loads in the image, and the workers' own user exists for sandbox.worker_user.
+    assert any('python -c "import pyseccomp"' in argument and "useradd --system --uid 10002" in argument
+               for argument in runs)
 
 
 def dockerignored(path: str, patterns: list[str]) -> bool:

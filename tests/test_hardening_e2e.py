@@ -136,6 +136,26 @@ def test_error_text_shows_no_host_paths(proxy: Server) -> None:
     assert sys.prefix not in seen and "'<python>/lib/secret.py'" in seen
 
 
+def test_readyz_reports_the_isolation_and_every_worker_is_filtered(proxy: Server) -> None:
+    """The proxy's workers stand behind the seccomp filter (tests/test_sandbox_wall.py tests what it stops)
+    and ordinary code still runs behind it."""
+    seen = run_code(proxy, "import json, re\nprint(json.dumps(sorted(set(re.findall('[a-z]', 'filter')))))")
+    assert '["e", "f", "i", "l", "r", "t"]' in seen
+    assert httpx.get(proxy.url + "/readyz").json()["checks"]["sandbox"]["isolation"] == "seccomp"
+    deadline = time.monotonic() + 30  # a worker replacing the one just used may still be starting
+
+    def filtered(pid: int) -> bool:
+        try:
+            return "\nSeccomp:\t2\n" in Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:  # ended meanwhile
+            return True
+
+    while not all(filtered(pid) for pid in child_pids(proxy.process.pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = child_pids(proxy.process.pid)
+    assert workers and all(filtered(pid) for pid in workers)
+
+
 def test_a_root_model_that_hangs_gets_a_504(start_proxy: StartProxy, tmp_path: Path) -> None:
     slow = start_server(["mock-upstream", "--latency-ms", "4000"], "/v1/models", tmp_path / "mock.log")
     try:

@@ -44,7 +44,8 @@ HELM_VERSION = "v3.17.2"
 KUBERNETES_VALIDATE = "kubernetes-validate>=1.30"  # the dev extra's requirement
 KUBE_VERSION = "1.30.0"
 RELEASE, NAMESPACE = "llm", "gateway"
-VALUE_SETS = {"default": (), "all-features": (str(ALL_FEATURES),)}
+SANDBOX_USER = CHART / "ci" / "sandbox-user-values.yaml"
+VALUE_SETS = {"default": (), "all-features": (str(ALL_FEATURES),), "sandbox-user": (str(SANDBOX_USER),)}
 # Kinds kubernetes-validate has no schema for (it only warns); checked against CRD_SCHEMAS below.
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
@@ -351,6 +352,22 @@ def test_security_context(helm: str) -> None:
     assert pod["shareProcessNamespace"] is True  # the pause process reaps orphaned sandbox workers
     # The Dockerfile's user: the securityContext and the image must agree.
     assert "USER 10001:10001" in (ROOT / "Dockerfile").read_text()
+
+
+def test_sandbox_workers_under_their_own_user_and_pods_under_gvisor(helm: str) -> None:
+    assert "runtimeClassName" not in one(render(helm), "Deployment")["spec"]["template"]["spec"]
+    docs = render(helm, str(SANDBOX_USER))
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["runtimeClassName"] == "gvisor"
+    # Root, to start workers as another user, with nothing but the two capabilities that takes.
+    assert pod["securityContext"] == {"runAsNonRoot": False, "runAsUser": 0, "runAsGroup": 0,
+                                      "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert proxy_container(docs)["securityContext"] == {
+        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": False,
+        "capabilities": {"drop": ["ALL"], "add": ["SETUID", "SETGID"]}}
+    config = yaml.safe_load(one(docs, "ConfigMap", RELEASE + "-rlm-proxy")["data"]["config.yaml"])
+    assert config["sandbox"] == {"memory_mb": 768, "workers": 1, "worker_user": "rlm-sandbox"}
+    assert "useradd --system --uid 10002 --gid rlm-sandbox" in (ROOT / "Dockerfile").read_text()
 
 
 def test_config_and_secret_checksums_roll_the_pods(helm: str, tmp_path: Path) -> None:

@@ -310,7 +310,7 @@ async def test_close_and_aclose_leave_no_processes(pool: SandboxPool) -> None:
     assert own.status()["usable"] is False  # not started
     await own.start()
     assert own.status() == {"usable": True, "warm": 2, "sessions": 0, "workers": 2, "max_workers": 32,
-                            "waiting": 0}
+                            "waiting": 0, "isolation": "seccomp"}
     first, second = await own.session("a"), await own.session(["b"])
     assert own.status()["sessions"] == 2
     await asyncio.sleep(0.5)  # let it refill
@@ -428,6 +428,9 @@ async def test_a_malformed_frame_gets_the_worker_killed(frames: bytes) -> None:
     {"op": "var", "value": 3, "problem": None},
     {"op": "var", "value": None},
     {"op": "shell", "command": "id"},
+    {"op": "ready"},
+    {"op": "ready", "namespaces": True, "seccomp": 1},
+    {"op": "ready", "namespaces": True, "seccomp": True, "root": True},
 ])
 async def test_messages_from_a_worker_are_validated_strictly(message: dict[str, Any]) -> None:
     with pytest.raises(ProtocolError):

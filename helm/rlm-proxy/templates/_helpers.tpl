@@ -88,3 +88,35 @@ Refuses values that would render a broken release; included by the Deployment. `
 {{- fail "serviceMonitor.enabled needs config.server.metrics_route (the /metrics route)" }}
 {{- end }}
 {{- end }}
+
+{{/*
+The proxy's config file: .Values.config, with sandbox.worker_user set when sandboxWorkerUser is.
+*/}}
+{{- define "rlm-proxy.config" -}}
+{{- $config := deepCopy .Values.config }}
+{{- if .Values.sandboxWorkerUser }}
+{{- $_ := set $config "sandbox" (mergeOverwrite (deepCopy (default (dict) $config.sandbox)) (dict "worker_user" "rlm-sandbox")) }}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/*
+The pod's and the proxy container's securityContext. With sandboxWorkerUser the proxy runs as root,
+holding only CAP_SETUID and CAP_SETGID, to start the workers as rlm-sandbox.
+*/}}
+{{- define "rlm-proxy.podSecurityContext" -}}
+{{- $context := deepCopy .Values.podSecurityContext }}
+{{- if .Values.sandboxWorkerUser }}
+{{- $context = mergeOverwrite $context (dict "runAsNonRoot" false "runAsUser" 0 "runAsGroup" 0) }}
+{{- end }}
+{{- toYaml $context }}
+{{- end }}
+
+{{- define "rlm-proxy.securityContext" -}}
+{{- $context := deepCopy .Values.securityContext }}
+{{- if .Values.sandboxWorkerUser }}
+{{- $capabilities := dict "drop" (list "ALL") "add" (list "SETUID" "SETGID") }}
+{{- $context = mergeOverwrite $context (dict "runAsNonRoot" false "capabilities" $capabilities) }}
+{{- end }}
+{{- toYaml $context }}
+{{- end }}
