@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
-from proxy.config import CacheScope, ServerSettings, key_hash
+from proxy.config import CacheScope, KeyEntry, ServerSettings, TeamEntry, key_hash
 from proxy.errors import ProxyError
 
 ALIAS_HASH_CHARS = 8  # a key without an alias is named by the start of its hash
@@ -18,6 +19,9 @@ class Identity:
     key_hash: str  # SHA-256 hex of the key; empty for the anonymous caller (no keys configured)
     alias: str
     team: str | None = None
+    # What the key and its team may do; None for the master key, `api_keys` and teams without limits.
+    key: KeyEntry | None = field(default=None, compare=False)
+    team_limits: TeamEntry | None = field(default=None, compare=False)
 
     def cache_scope(self, scope: CacheScope) -> str:
         """Whose cached calls this caller may reuse. A key without a team is a team of its own."""
@@ -37,7 +41,8 @@ class KeyChecker:
     def __init__(self, settings: ServerSettings) -> None:
         identities = [_identity(key_hash(key.get_secret_value()))
                       for key in settings.api_keys if key.get_secret_value()]
-        identities += [_identity(entry.hash, entry.alias, entry.team) for entry in settings.keys]
+        self._teams = {entry.team: entry for entry in settings.teams}
+        identities += [self.identity_of(entry) for entry in settings.keys]
         if settings.master_key is not None and settings.master_key.get_secret_value():
             identities.append(_identity(key_hash(settings.master_key.get_secret_value()), "master"))
         self._identities = [(bytes.fromhex(identity.key_hash), identity) for identity in identities]
@@ -67,7 +72,18 @@ class KeyChecker:
                 found = identity
         if found is ANONYMOUS:
             raise ProxyError(401, "Incorrect API key provided.", code="invalid_api_key")
-        return found
+        return unexpired(found)
+
+    def identity_of(self, entry: KeyEntry) -> Identity:
+        team = self._teams.get(entry.team) if entry.team is not None else None
+        return Identity(entry.hash, entry.alias or entry.hash[:ALIAS_HASH_CHARS], entry.team, entry, team)
+
+
+def unexpired(identity: Identity) -> Identity:
+    expires = identity.key.expires if identity.key is not None else None
+    if expires is not None and expires <= datetime.now(UTC):
+        raise ProxyError(401, f"This API key expired at {expires.isoformat()}.", code="expired_api_key")
+    return identity
 
 
 def _identity(digest: str, alias: str | None = None, team: str | None = None) -> Identity:

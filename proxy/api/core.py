@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from fastapi import Request
 
+from proxy.access import check_model, check_rlm_allowed, may_use_rlm, rlm_settings_for
 from proxy.admission import RunAdmission
 from proxy.api.deps import Services
 from proxy.api.request import ChatRequest
@@ -55,14 +56,24 @@ async def route(request: Request, services: Services, identity: Identity,
                 chat: ChatRequest) -> Direct | RLMRun:
     """Decide direct or RLM for a request already in Chat Completions form, and prepare that path."""
     model, _ = split_model(chat.model)
+    check_model(identity, model)
     group = services.registry.resolve(model)
     decision = await services.router.decide(request.headers.get(MODE_HEADER), chat.model, chat.messages,
                                             group)
-    _note_route(request, services, decision.mode, decision.model)
-    if decision.mode == "rlm":
+    mode = decision.mode
+    if mode == "rlm" and not may_use_rlm(identity):
+        if decision.reason == "header":
+            check_rlm_allowed(identity, f"'{MODE_HEADER}: on'")
+        if decision.reason == "prefix":
+            check_rlm_allowed(identity, f"the model '{chat.model}'")
+        mode = "direct"  # past the threshold, or the server's default: the model itself answers
+    _note_route(request, services, mode, decision.model)
+    if mode == "rlm":
+        if chat.rlm.sub_model is not None:
+            check_model(identity, chat.rlm.sub_model, param="rlm.sub_model")
         cache = CachePolicy.from_header(request.headers.get("cache-control"),
                                         identity.cache_scope(services.settings.cache.scope))
-        run = run_request(chat, decision.model, services.settings.rlm, cache)
+        run = run_request(chat, decision.model, rlm_settings_for(identity, services.settings.rlm), cache)
         # A bad sub-model would turn every sub-call into an error string: refuse the request instead.
         services.registry.resolve(run.sub_model, param="rlm.sub_model")
         events = observed(as_proxy_errors(services.engine.run(run)), services.metrics, run)
@@ -88,7 +99,8 @@ async def _admitted(admission: RunAdmission, key: str, events: AsyncIterator[Eve
         admission.leave(key)
 
 
-def route_passthrough(request: Request, services: Services, body: dict[str, Any]) -> ModelGroup:
+def route_passthrough(request: Request, services: Services, identity: Identity,
+                      body: dict[str, Any]) -> ModelGroup:
     """The model group for a request that only the upstream model answers (embeddings, legacy completions),
     whose `model` is checked already. RLM mode answers chat-like requests only: the `rlm/` prefix,
     `x-rlm-mode: on` and an `rlm` object are refused rather than ignored."""
@@ -99,6 +111,7 @@ def route_passthrough(request: Request, services: Services, body: dict[str, Any]
         raise invalid_request(f"RLM mode answers chat-like requests only (chat completions, responses, "
                               f"messages); {request.url.path} passes requests through to the model, so "
                               f"{what} cannot ask for it.", param=param, code="rlm_not_supported")
+    check_model(identity, name)
     group = services.registry.resolve(name)
     _note_route(request, services, "direct", name)
     return group
