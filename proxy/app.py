@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from proxy.admission import RunAdmission, default_capacity, memory_limit_bytes
-from proxy.api import chat, completions, embeddings, health, messages, models, prometheus, responses
+from proxy.api import chat, completions, embeddings, health, keys, messages, models, prometheus, responses
 from proxy.api.deps import Services
 from proxy.auth import KeyChecker
 from proxy.balancer import Balancer
@@ -22,6 +22,7 @@ from proxy.cache import Cache
 from proxy.config import Settings, load_settings
 from proxy.errors import ProxyError, error_dialect, invalid_request
 from proxy.http_server.head_limits import lifespan_state
+from proxy.key_store import KeyStore
 from proxy.memory import IdleMemoryMiddleware, MemoryReleaser, load_glibc
 from proxy.metrics import Metrics, UpstreamMetrics
 from proxy.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestContextMiddleware
@@ -48,11 +49,13 @@ def create_app(settings: Settings) -> FastAPI:
         if settings.cache.enabled else None
     releaser = MemoryReleaser(load_glibc(), settings.server.release_memory_idle_s) \
         if settings.server.release_memory else None
+    key_store = KeyStore(settings.cache)
     services = Services(
         settings=settings,
         registry=registry,
         upstream=upstream,
-        keys=KeyChecker(settings.server),
+        keys=KeyChecker(settings.server, key_store),
+        key_store=key_store,
         facts=facts,
         router=ModeRouter(settings.rlm, facts),
         sandbox=sandbox,
@@ -78,6 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
         if services.cache is not None:
             await services.cache.aclose()
         await services.responses.aclose()
+        await services.key_store.aclose()
 
     app = FastAPI(title="rlm-proxy", version="0.1.0", lifespan=lifespan)
     app.state.services = services
@@ -87,6 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(embeddings.router)
     app.include_router(completions.router)
     app.include_router(models.router)
+    app.include_router(keys.router)
     if settings.server.health_routes:
         app.include_router(health.router)
     if settings.server.metrics_route:

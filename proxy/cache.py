@@ -149,8 +149,12 @@ class RedisStore:
     async def get(self, key: str) -> bytes | None:
         return await self._redis.get(key)
 
-    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+    async def set(self, key: str, value: bytes, ttl_s: int | None = None) -> None:
         await self._redis.set(key, value, ex=ttl_s)
+
+    async def names(self, prefix: str) -> list[str]:
+        """The keys under `prefix` (SCAN: never blocks Redis; on a cluster, every primary is scanned)."""
+        return [name.decode() async for name in self._redis.scan_iter(match=prefix + "*", count=1000)]
 
     async def delete(self, key: str) -> bool:
         return bool(await self._redis.delete(key))

@@ -11,6 +11,7 @@ from proxy.admission import RunAdmission
 from proxy.auth import Identity, KeyChecker
 from proxy.cache import Cache
 from proxy.config import Settings
+from proxy.key_store import KeyStore
 from proxy.metrics import Metrics
 from proxy.model_facts import ModelFacts
 from proxy.registry import ModelRegistry
@@ -27,6 +28,7 @@ class Services:
     registry: ModelRegistry
     upstream: Upstream
     keys: KeyChecker
+    key_store: KeyStore
     facts: ModelFacts
     router: ModeRouter
     sandbox: SandboxPool
@@ -46,13 +48,17 @@ async def get_services(request: Request) -> Services:
 
 
 async def require_api_key(request: Request) -> Identity:
-    return (await get_services(request)).keys.check(request.headers.get("authorization"))
+    return await (await get_services(request)).keys.check(request.headers.get("authorization"))
 
 
 async def require_api_key_or_x_api_key(request: Request) -> Identity:
     """The key check of the Anthropic dialect: `x-api-key` (what its SDKs send) or a bearer key."""
     keys, headers = (await get_services(request)).keys, request.headers
-    return keys.check(headers.get("authorization"), headers.get("x-api-key", ""))
+    return await keys.check(headers.get("authorization"), headers.get("x-api-key", ""))
+
+
+async def require_master_key(request: Request) -> None:
+    (await get_services(request)).keys.check_master(request.headers.get("authorization"))
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
