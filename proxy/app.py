@@ -23,9 +23,15 @@ from proxy.config import Settings, load_settings
 from proxy.errors import ProxyError, error_dialect, invalid_request
 from proxy.http_server.head_limits import lifespan_state
 from proxy.key_store import KeyStore
+from proxy.limits import KeyLimits
 from proxy.memory import IdleMemoryMiddleware, MemoryReleaser, load_glibc
 from proxy.metrics import Metrics, UpstreamMetrics
-from proxy.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestContextMiddleware
+from proxy.middleware import (
+    BodyLimitMiddleware,
+    LimitsMiddleware,
+    MetricsMiddleware,
+    RequestContextMiddleware,
+)
 from proxy.model_caller import UpstreamCaller
 from proxy.model_facts import ModelFacts
 from proxy.registry import ModelRegistry
@@ -64,6 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
         cache=cache,
         responses=ResponseStore(settings.responses, settings.cache),
         admission=_admission(settings, metrics),
+        limits=KeyLimits(settings.limits, settings.cache, metrics),
     )
 
     @asynccontextmanager
@@ -82,6 +89,7 @@ def create_app(settings: Settings) -> FastAPI:
             await services.cache.aclose()
         await services.responses.aclose()
         await services.key_store.aclose()
+        await services.limits.aclose()
 
     app = FastAPI(title="rlm-proxy", version="0.1.0", lifespan=lifespan)
     app.state.services = services
@@ -104,6 +112,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.server.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["x-request-id", "x-rlm-mode"])
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.server.max_body_bytes)
+    app.add_middleware(LimitsMiddleware, limits=services.limits)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if releaser is not None:
         app.add_middleware(IdleMemoryMiddleware, releaser=releaser)

@@ -231,6 +231,15 @@ class AdmissionSettings(_Section):
     queue_timeout_s: float = Field(default=30.0, ge=0, description="a queued run's wait, then 503")
 
 
+class LimitsSettings(_Section):
+    """How the per-key and per-team limits (`server.keys`, `server.teams`, the admin API) are enforced."""
+
+    # Redis unreachable: let requests through unlimited (a metric and a log line), or refuse them with 503.
+    redis_failure: Literal["open", "closed"] = "open"
+    # A parallel-request slot is freed after this long even if its replica died without giving it back.
+    lease_s: float = Field(default=3600.0, ge=60)
+
+
 class ResponsesSettings(_Section):
     """Stored responses of /v1/responses (retrieve, delete, previous_response_id): in the Redis of
     `cache.redis_url` when set (every replica sees them), else in a bounded in-process store."""
@@ -295,6 +304,7 @@ class Settings(BaseSettings):
     rlm: RLMSettings = RLMSettings()
     sandbox: SandboxSettings = SandboxSettings()
     admission: AdmissionSettings = AdmissionSettings()
+    limits: LimitsSettings = LimitsSettings()
     # LiteLLM Proxy's sections, so that its config files load: the keys we read (proxy/router_config.py).
     litellm_settings: LiteLLMSettings = LiteLLMSettings()
     general_settings: GeneralSettings = GeneralSettings()

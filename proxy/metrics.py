@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from proxy.errors import ProxyError
+from proxy.metering import REQUEST_METERING
 from proxy.model_facts import ModelFacts, usage_tokens
 from proxy.registry import Deployment
 
@@ -49,6 +50,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "rlm_proxy_rlm_runs_running": ("gauge", ()),
     "rlm_proxy_rlm_runs_queued": ("gauge", ()),
     "rlm_proxy_admission_rejected_total": ("counter", ("reason",)),
+    "rlm_proxy_limit_rejected_total": ("counter", ("limit", "scope")),
+    "rlm_proxy_limits_unavailable_total": ("counter", ()),
 }
 
 
@@ -93,6 +96,10 @@ class Metrics:
                                                 "RLM runs refused by admission control, by reason.")
         for reason in ADMISSION_REJECTIONS:  # exported at 0: alert rules need the series before a refusal
             self.admission_rejected_total.labels(reason)
+        self.limit_rejected = counter("rlm_proxy_limit_rejected_total",
+                                      "Requests refused by a key's or team's limit, by limit and scope.")
+        self.limits_unavailable = counter("rlm_proxy_limits_unavailable_total",
+                                          "Limit checks and charges skipped: Redis failed (fail open).")
 
     def admission_changed(self, running: int, queued: int) -> None:
         self.runs_running.set(running)
@@ -127,6 +134,9 @@ class UpstreamMetrics:
         self._metrics.tokens.labels(label, "prompt").inc(prompt_tokens)
         self._metrics.tokens.labels(label, "completion").inc(completion_tokens)
         self._metrics.cost.labels(label).inc(cost)
+        metering = REQUEST_METERING.get()
+        if metering is not None:
+            metering.add(prompt_tokens + completion_tokens, cost)
 
     def on_error(self, deployment: Deployment, error: ProxyError) -> None:
         self._metrics.upstream_errors.labels(self._metrics.model(deployment.name), error_kind(error)).inc()

@@ -23,7 +23,7 @@ async def completions(request: Request, services: ServicesDep, identity: Identit
     model_name(body)
     check_text_input(body, "prompt")
     stream, include_usage = stream_flags(body)
-    group = core.route_passthrough(request, services, identity, body)
+    group = await core.route_passthrough(request, services, identity, body)
     if stream:
         first, chunks = await core.opened(request, services.upstream.stream_text(group, body))
         relayed = relay(first, chunks, include_usage, "text_completion")

@@ -12,6 +12,7 @@ from proxy.auth import Identity, KeyChecker
 from proxy.cache import Cache
 from proxy.config import Settings
 from proxy.key_store import KeyStore
+from proxy.limits import KeyLimits
 from proxy.metrics import Metrics
 from proxy.model_facts import ModelFacts
 from proxy.registry import ModelRegistry
@@ -37,6 +38,7 @@ class Services:
     cache: Cache | None
     responses: ResponseStore
     admission: RunAdmission
+    limits: KeyLimits
     ready: bool = False  # set once start-up work (imports, warm workers) is done
     warm_up_error: str | None = None
 

@@ -23,7 +23,7 @@ ENCODING_FORMATS = ("float", "base64")
 @router.post("/embeddings", include_in_schema=False)
 async def embeddings(request: Request, services: ServicesDep, identity: IdentityDep) -> Response:
     body = parse_embeddings_request(await read_body(request))
-    group = core.route_passthrough(request, services, identity, body)
+    group = await core.route_passthrough(request, services, identity, body)
     answer = await until_disconnect(request.receive, services.upstream.embed(group, body))
     return Response(orjson.dumps(answer), media_type="application/json", headers=core.DIRECT_HEADERS)
 
