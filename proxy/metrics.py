@@ -24,6 +24,8 @@ from proxy.registry import Deployment
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 ADMISSION_REJECTIONS = ("queue_full", "queue_timeout")
+LIMITS = ("rpm", "tpm", "budget", "parallel_requests", "parallel_rlm_runs")  # proxy/limits.py
+LIMIT_SCOPES = ("key", "team")
 OTHER = "other"
 # Requests range from milliseconds (passthrough) to half an hour (RLM runs over huge inputs).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200,
@@ -98,6 +100,9 @@ class Metrics:
             self.admission_rejected_total.labels(reason)
         self.limit_rejected = counter("rlm_proxy_limit_rejected_total",
                                       "Requests refused by a key's or team's limit, by limit and scope.")
+        for limit in LIMITS:
+            for scope in LIMIT_SCOPES:
+                self.limit_rejected.labels(limit, scope)
         self.limits_unavailable = counter("rlm_proxy_limits_unavailable_total",
                                           "Limit checks and charges skipped: Redis failed (fail open).")
 
