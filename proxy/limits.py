@@ -27,7 +27,9 @@ from proxy.metrics import Metrics
 
 log = logging.getLogger("rlm_proxy")
 
-KEY_PREFIX = "rlm-proxy:limit:v1:"
+# One hash tag for every counter: a request's key and team counters are checked in one script, which Redis
+# Cluster runs only over keys of one slot (so on a cluster they all live on one shard).
+KEY_PREFIX = "{rlm-proxy:limit}:v1:"
 GRANT_STATE = "limit_grant"  # where a route leaves its request's Grant in the ASGI scope's state
 MINUTE_S = 60
 LEASE_RETRY_S = 1  # a parallel slot may free at any moment
