@@ -114,6 +114,8 @@ def test_only_the_master_key_may_use_the_admin_api(replicas: tuple[Server, Serve
         for response in (admin(one, "/key/generate", {}, headers), admin(one, "/key/list", headers=headers)):
             assert response.status_code == 401, headers
             assert response.json()["error"]["type"] == "authentication_error"
+    assert "admin POST /key/generate refused: master_key_required" in one.log()
+    assert "admin GET /key/list refused: missing_api_key" in one.log()
 
 
 def test_without_a_master_key_the_admin_api_is_off(mock_upstream: Mock, start_proxy: StartProxy) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -11,6 +12,7 @@ from proxy.admission import RunAdmission
 from proxy.auth import Identity, KeyChecker
 from proxy.cache import Cache
 from proxy.config import Settings
+from proxy.errors import ProxyError
 from proxy.key_store import KeyStore
 from proxy.limits import KeyLimits
 from proxy.metrics import Metrics
@@ -21,6 +23,8 @@ from proxy.rlm.engine import RLMEngine
 from proxy.routing import ModeRouter
 from proxy.upstream import Upstream
 from sandbox import SandboxPool
+
+audit = logging.getLogger("rlm_proxy.audit")
 
 
 @dataclass
@@ -60,7 +64,12 @@ async def require_api_key_or_x_api_key(request: Request) -> Identity:
 
 
 async def require_master_key(request: Request) -> None:
-    (await get_services(request)).keys.check_master(request.headers.get("authorization"))
+    """The admin API's guard; a refused call is audited (its route and why, never the key it sent)."""
+    try:
+        (await get_services(request)).keys.check_master(request.headers.get("authorization"))
+    except ProxyError as error:
+        audit.warning("admin %s %s refused: %s", request.method, request.url.path, error.code)
+        raise
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

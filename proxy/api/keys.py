@@ -8,7 +8,6 @@ audit log (logger `rlm_proxy.audit`) with the key's alias and the start of its h
 
 from __future__ import annotations
 
-import logging
 import re
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -19,14 +18,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from proxy.api.deps import Services, ServicesDep, require_master_key
+from proxy.api.deps import Services, ServicesDep, audit, require_master_key
 from proxy.api.request import parse_json_body
 from proxy.api.streaming import read_body
 from proxy.auth import ALIAS_HASH_CHARS
 from proxy.config import DURATION_PATTERN, KeyEntry, KeyRLM, duration_seconds, key_hash
 from proxy.errors import ProxyError, invalid_request
 
-audit = logging.getLogger("rlm_proxy.audit")
 router = APIRouter(dependencies=[Depends(require_master_key)])
 
 Parsed = TypeVar("Parsed", bound=BaseModel)
