@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from proxy.admission import RunAdmission, default_capacity, memory_limit_bytes
-from proxy.api import chat, completions, embeddings, health, messages, models, prometheus, responses
+from proxy.api import chat, completions, embeddings, health, keys, messages, models, prometheus, responses
 from proxy.api.deps import Services
 from proxy.auth import KeyChecker
 from proxy.balancer import Balancer
@@ -22,9 +22,16 @@ from proxy.cache import Cache
 from proxy.config import Settings, load_settings, worker_ids
 from proxy.errors import ProxyError, error_dialect, invalid_request
 from proxy.http_server.head_limits import lifespan_state
+from proxy.key_store import KeyStore
+from proxy.limits import KeyLimits
 from proxy.memory import IdleMemoryMiddleware, MemoryReleaser, load_glibc
 from proxy.metrics import Metrics, UpstreamMetrics
-from proxy.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestContextMiddleware
+from proxy.middleware import (
+    BodyLimitMiddleware,
+    LimitsMiddleware,
+    MetricsMiddleware,
+    RequestContextMiddleware,
+)
 from proxy.model_caller import UpstreamCaller
 from proxy.model_facts import ModelFacts
 from proxy.registry import ModelRegistry
@@ -48,11 +55,13 @@ def create_app(settings: Settings) -> FastAPI:
         if settings.cache.enabled else None
     releaser = MemoryReleaser(load_glibc(), settings.server.release_memory_idle_s) \
         if settings.server.release_memory else None
+    key_store = KeyStore(settings.cache)
     services = Services(
         settings=settings,
         registry=registry,
         upstream=upstream,
-        keys=KeyChecker(settings.server),
+        keys=KeyChecker(settings.server, key_store),
+        key_store=key_store,
         facts=facts,
         router=ModeRouter(settings.rlm, facts),
         sandbox=sandbox,
@@ -61,6 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
         cache=cache,
         responses=ResponseStore(settings.responses, settings.cache),
         admission=_admission(settings, metrics),
+        limits=KeyLimits(settings.limits, settings.cache, metrics),
     )
 
     @asynccontextmanager
@@ -78,6 +88,8 @@ def create_app(settings: Settings) -> FastAPI:
         if services.cache is not None:
             await services.cache.aclose()
         await services.responses.aclose()
+        await services.key_store.aclose()
+        await services.limits.aclose()
 
     app = FastAPI(title="rlm-proxy", version="0.1.0", lifespan=lifespan)
     app.state.services = services
@@ -87,6 +99,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(embeddings.router)
     app.include_router(completions.router)
     app.include_router(models.router)
+    app.include_router(keys.router)
     if settings.server.health_routes:
         app.include_router(health.router)
     if settings.server.metrics_route:
@@ -99,6 +112,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.server.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["x-request-id", "x-rlm-mode"])
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.server.max_body_bytes)
+    app.add_middleware(LimitsMiddleware, limits=services.limits)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if releaser is not None:
         app.add_middleware(IdleMemoryMiddleware, releaser=releaser)

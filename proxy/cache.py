@@ -136,23 +136,31 @@ def entry_bytes(key: str, value: bytes) -> int:
     return len(key) + len(value) + ENTRY_OVERHEAD_BYTES
 
 
+def redis_client(settings: CacheSettings) -> redis.Redis | RedisCluster:
+    """A client of `cache.redis_url` with its timeouts: a dead Redis costs at most the timeout."""
+    assert settings.redis_url is not None
+    # One immediate retry on a broken connection: after a Redis restart every pooled connection is
+    # stale, and the first command on each would otherwise fail although Redis is back.
+    options: dict[str, Any] = {"socket_timeout": settings.redis_timeout_s,
+                               "socket_connect_timeout": settings.redis_timeout_s,
+                               "retry": Retry(NoBackoff(), 1, (RedisConnectionError,))}
+    return (RedisCluster.from_url(settings.redis_url, **options) if settings.redis_cluster
+            else redis.Redis.from_url(settings.redis_url, **options))
+
+
 class RedisStore:
     def __init__(self, settings: CacheSettings) -> None:
-        assert settings.redis_url is not None
-        # One immediate retry on a broken connection: after a Redis restart every pooled connection is
-        # stale, and the first command on each would otherwise fail although Redis is back.
-        options: dict[str, Any] = {"socket_timeout": settings.redis_timeout_s,
-                                   "socket_connect_timeout": settings.redis_timeout_s,
-                                   "retry": Retry(NoBackoff(), 1, (RedisConnectionError,))}
-        self._redis: redis.Redis | RedisCluster = (
-            RedisCluster.from_url(settings.redis_url, **options) if settings.redis_cluster
-            else redis.Redis.from_url(settings.redis_url, **options))
+        self._redis = redis_client(settings)
 
     async def get(self, key: str) -> bytes | None:
         return await self._redis.get(key)
 
-    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+    async def set(self, key: str, value: bytes, ttl_s: int | None = None) -> None:
         await self._redis.set(key, value, ex=ttl_s)
+
+    async def names(self, prefix: str) -> list[str]:
+        """The keys under `prefix` (SCAN: never blocks Redis; on a cluster, every primary is scanned)."""
+        return [name.decode() async for name in self._redis.scan_iter(match=prefix + "*", count=1000)]
 
     async def delete(self, key: str) -> bool:
         return bool(await self._redis.delete(key))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import shutil
 import sys
 import tempfile
+from typing import Any
 
 import uvicorn
+import uvicorn.config
 
 from bench.paper import cli as bench_cli
 from proxy.config import ConfigError, load_settings
@@ -73,7 +76,8 @@ def _serve(args: argparse.Namespace) -> int:
             os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="rlm-proxy-metrics-")
         try:
             uvicorn.run("proxy.app:create_app_from_env", factory=True, host=args.host, port=args.port,
-                        workers=args.workers, log_level=args.log_level, access_log=False, http=http)
+                        workers=args.workers, log_level=args.log_level, access_log=False, http=http,
+                        log_config=log_config())
         finally:
             if own_dir:
                 shutil.rmtree(os.environ[MULTIPROC_ENV], ignore_errors=True)
@@ -81,8 +85,15 @@ def _serve(args: argparse.Namespace) -> int:
         from proxy.app import create_app
 
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
-                    access_log=False, http=http)
+                    access_log=False, http=http, log_config=log_config())
     return 0
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging, and the admin API's audit log (`rlm_proxy.audit`) through its handler."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["loggers"]["rlm_proxy.audit"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
 
 
 def _mock(args: argparse.Namespace) -> int:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import pwd
+import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,9 +32,21 @@ NativeAPI = Literal["responses", "messages"]
 ROUTING_PARAMS = ("weight", "rpm", "tpm")
 
 
+# LiteLLM's durations (`budget_duration`, `duration`): a whole number of seconds, minutes, hours or days.
+DURATION_PATTERN = r"^[1-9][0-9]{0,6}[smhd]$"
+_DURATION_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
 def key_hash(key: str) -> str:
     """How keys are known once read: their SHA-256, hex."""
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def duration_seconds(duration: str) -> int:
+    """`30s`, `10m`, `1h`, `30d` in seconds (already checked against DURATION_PATTERN)."""
+    if re.fullmatch(DURATION_PATTERN, duration) is None:
+        raise ValueError(f"a duration is a number and one of s, m, h, d (e.g. 30d), got {duration!r}")
+    return int(duration[:-1]) * _DURATION_UNIT_S[duration[-1]]
 
 
 class ConfigError(Exception):
@@ -76,13 +90,53 @@ class ModelEntry(_Section):
         return params
 
 
-class KeyEntry(_Section):
-    """A client key: the key itself or its SHA-256 (hex), so that the config need not hold the secret."""
+class Limits(_Section):
+    """What keys and teams share: the models they may call and their limits (None: no limit)."""
+
+    # fnmatch patterns (`gpt-4*`) on model names without `rlm/`; None: every model.
+    models: list[str] | None = None
+    max_budget_usd: float | None = Field(default=None, ge=0)
+    budget_duration: str | None = Field(default=None, pattern=DURATION_PATTERN)
+    rpm: int | None = Field(default=None, ge=0)
+    tpm: int | None = Field(default=None, ge=0)
+    max_parallel_requests: int | None = Field(default=None, ge=0)
+
+    @field_validator("models")
+    @classmethod
+    def _patterns_not_empty(cls, models: list[str] | None) -> list[str] | None:
+        if models is not None and any(not pattern for pattern in models):
+            raise ValueError("a model pattern must not be empty")
+        return models
+
+
+class KeyRLM(_Section):
+    """A key's RLM mode: whether it may ask for it, and caps below the server's `rlm` limits."""
+
+    allowed: bool = True
+    max_iterations: int | None = Field(default=None, ge=1)
+    max_depth: int | None = Field(default=None, ge=1)
+    max_subcalls: int | None = Field(default=None, ge=0)
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    timeout_s: float | None = Field(default=None, gt=0)
+
+
+class KeyEntry(Limits):
+    """A client key: the key itself or its SHA-256 (hex), so that the config need not hold the secret.
+    Keys made through the admin API are stored in this shape too, by hash only."""
 
     key: SecretStr | None = None
     key_hash: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
     alias: str | None = Field(default=None, min_length=1, max_length=64)
     team: str | None = Field(default=None, min_length=1, max_length=128)
+    max_parallel_rlm_runs: int | None = Field(default=None, ge=0)
+    rlm: KeyRLM = KeyRLM()
+    metadata: dict[str, Any] = {}
+    expires: datetime | None = None  # ISO time; a time without a zone is UTC
+
+    @field_validator("expires")
+    @classmethod
+    def _utc_unless_zoned(cls, expires: datetime | None) -> datetime | None:
+        return expires.replace(tzinfo=UTC) if expires is not None and expires.tzinfo is None else expires
 
     @model_validator(mode="after")
     def _one_of_key_and_hash(self) -> KeyEntry:
@@ -97,10 +151,17 @@ class KeyEntry(_Section):
         return key_hash(self.key.get_secret_value()) if self.key is not None else str(self.key_hash).lower()
 
 
+class TeamEntry(Limits):
+    """Limits shared by every key of a team (each key's own limits apply as well)."""
+
+    team: str = Field(min_length=1, max_length=128)
+
+
 class ServerSettings(_Section):
     master_key: SecretStr | None = None
     api_keys: list[SecretStr] = []
     keys: list[KeyEntry] = []
+    teams: list[TeamEntry] = []
     max_body_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     # A request's head (request line and header fields) over either limit gets 431 from the HTTP server
     # itself. 64 KiB holds the largest real headers (big cookies, JWTs) as AWS's load balancers do; 100
@@ -126,6 +187,14 @@ class ServerSettings(_Section):
             if digest in first:
                 raise ValueError(f"{where} is the same key as {first[digest]}")
             first[digest] = where
+        return self
+
+    @model_validator(mode="after")
+    def _teams_are_distinct(self) -> ServerSettings:
+        names = [entry.team for entry in self.teams]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"teams: {', '.join(repeated)} given more than once")
         return self
 
 
@@ -164,6 +233,15 @@ class AdmissionSettings(_Section):
         default=None, ge=1, description="runs at once; default: what memory holds, up to max_workers")
     max_queued_rlm_runs: int = Field(default=100, ge=0, description="runs waiting for a slot, then 503")
     queue_timeout_s: float = Field(default=30.0, ge=0, description="a queued run's wait, then 503")
+
+
+class LimitsSettings(_Section):
+    """How the per-key and per-team limits (`server.keys`, `server.teams`, the admin API) are enforced."""
+
+    # Redis unreachable: let requests through unlimited (a metric and a log line), or refuse them with 503.
+    redis_failure: Literal["open", "closed"] = "open"
+    # A parallel-request slot is freed after this long even if its replica died without giving it back.
+    lease_s: float = Field(default=3600.0, ge=60)
 
 
 class ResponsesSettings(_Section):
@@ -254,6 +332,7 @@ class Settings(BaseSettings):
     rlm: RLMSettings = RLMSettings()
     sandbox: SandboxSettings = SandboxSettings()
     admission: AdmissionSettings = AdmissionSettings()
+    limits: LimitsSettings = LimitsSettings()
     # LiteLLM Proxy's sections, so that its config files load: the keys we read (proxy/router_config.py).
     litellm_settings: LiteLLMSettings = LiteLLMSettings()
     general_settings: GeneralSettings = GeneralSettings()

@@ -3,9 +3,12 @@ the Messages routes (the dialect is chosen here, by path, for every place an err
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 import orjson
+
+log = logging.getLogger("rlm_proxy")
 
 ErrorDialect = Literal["openai", "anthropic"]
 MESSAGES_PATH = "/v1/messages"  # and what is under it (count_tokens)
@@ -75,6 +78,13 @@ class ProxyError(Exception):
 
 def invalid_request(message: str, param: str | None = None, code: str = "invalid_request") -> ProxyError:
     return ProxyError(400, message, code=code, param=param)
+
+
+def store_unavailable(store: str, code: str, error: Exception) -> ProxyError:
+    """A shared store (Redis) failed where the request cannot go on without it: logged, and a 503."""
+    log.warning("%s failed (%s: %s)", store, type(error).__name__, error)
+    return ProxyError(503, f"The {store} is unavailable; try again shortly.", code=code,
+                      error_type="server_error", headers={"retry-after": "1"})
 
 
 def internal_error() -> ProxyError:

@@ -18,11 +18,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from proxy.errors import ProxyError
+from proxy.metering import REQUEST_METERING
 from proxy.model_facts import ModelFacts, usage_tokens
 from proxy.registry import Deployment
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 ADMISSION_REJECTIONS = ("queue_full", "queue_timeout")
+LIMITS = ("rpm", "tpm", "budget", "parallel_requests", "parallel_rlm_runs")  # proxy/limits.py
+LIMIT_SCOPES = ("key", "team")
 OTHER = "other"
 # Requests range from milliseconds (passthrough) to half an hour (RLM runs over huge inputs).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200,
@@ -49,6 +52,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "rlm_proxy_rlm_runs_running": ("gauge", ()),
     "rlm_proxy_rlm_runs_queued": ("gauge", ()),
     "rlm_proxy_admission_rejected_total": ("counter", ("reason",)),
+    "rlm_proxy_limit_rejected_total": ("counter", ("limit", "scope")),
+    "rlm_proxy_limits_unavailable_total": ("counter", ()),
 }
 
 
@@ -93,6 +98,13 @@ class Metrics:
                                                 "RLM runs refused by admission control, by reason.")
         for reason in ADMISSION_REJECTIONS:  # exported at 0: alert rules need the series before a refusal
             self.admission_rejected_total.labels(reason)
+        self.limit_rejected = counter("rlm_proxy_limit_rejected_total",
+                                      "Requests refused by a key's or team's limit, by limit and scope.")
+        for limit in LIMITS:
+            for scope in LIMIT_SCOPES:
+                self.limit_rejected.labels(limit, scope)
+        self.limits_unavailable = counter("rlm_proxy_limits_unavailable_total",
+                                          "Limit checks and charges skipped: Redis failed (fail open).")
 
     def admission_changed(self, running: int, queued: int) -> None:
         self.runs_running.set(running)
@@ -127,6 +139,9 @@ class UpstreamMetrics:
         self._metrics.tokens.labels(label, "prompt").inc(prompt_tokens)
         self._metrics.tokens.labels(label, "completion").inc(completion_tokens)
         self._metrics.cost.labels(label).inc(cost)
+        metering = REQUEST_METERING.get()
+        if metering is not None:
+            metering.add(prompt_tokens + completion_tokens, cost)
 
     def on_error(self, deployment: Deployment, error: ProxyError) -> None:
         self._metrics.upstream_errors.labels(self._metrics.model(deployment.name), error_kind(error)).inc()

@@ -3,6 +3,7 @@ metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -18,6 +19,8 @@ from proxy.errors import (
     internal_error,
     json_error_response_parts,
 )
+from proxy.limits import GRANT_STATE, Grant, KeyLimits
+from proxy.metering import REQUEST_METERING, Metering
 from proxy.metrics import OTHER, REQUEST_CLOCK, Metrics, UpstreamClock
 
 log = logging.getLogger("rlm_proxy")
@@ -164,3 +167,35 @@ class MetricsMiddleware:
             metrics.requests.labels(info.mode, info.model, f"{status // 100}xx").inc()
             metrics.duration.labels(info.mode, info.model).observe(elapsed)
             metrics.overhead.labels(info.mode).observe(max(0.0, elapsed - clock.waited_s))
+
+
+class LimitsMiddleware:
+    """Meters a model request's upstream usage (its RLM sub-calls too), adds its key's `x-ratelimit-*`
+    headers, and settles its limits (slots back, tokens and dollars charged) when the response is done."""
+
+    def __init__(self, app: ASGIApp, limits: KeyLimits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in MODEL_PATHS:
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        metering = Metering()
+        token = REQUEST_METERING.set(metering)
+
+        async def send_with_headers(message: Message) -> None:
+            grant: Grant | None = state.get(GRANT_STATE)
+            if message["type"] == "http.response.start" and grant is not None and grant.headers:
+                added = [(name.encode(), value.encode()) for name, value in grant.headers.items()]
+                message["headers"] = [*message.get("headers", []), *added]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            REQUEST_METERING.reset(token)
+            grant = state.get(GRANT_STATE)
+            if grant is not None:  # settled even when the request was cancelled (its client went away)
+                await asyncio.shield(self.limits.settle(grant, metering))

@@ -16,7 +16,7 @@ import orjson
 
 from proxy.cache import MemoryStore, RedisStore, Store
 from proxy.config import CacheSettings, ResponsesSettings
-from proxy.errors import ProxyError
+from proxy.errors import ProxyError, store_unavailable
 
 log = logging.getLogger("rlm_proxy")
 
@@ -65,20 +65,14 @@ class ResponseStore:
         try:
             await self._store.delete(KEY_PREFIX + response_id)
         except Exception as error:
-            raise _unavailable(error) from error
+            raise store_unavailable("response store", "store_unavailable", error) from error
 
     async def _read(self, response_id: str) -> dict[str, Any] | None:
         try:
             raw = await self._store.get(KEY_PREFIX + response_id)
         except Exception as error:
-            raise _unavailable(error) from error
+            raise store_unavailable("response store", "store_unavailable", error) from error
         return None if raw is None else orjson.loads(raw)
 
     async def aclose(self) -> None:
         await self._store.aclose()
-
-
-def _unavailable(error: Exception) -> ProxyError:
-    log.warning("response store failed (%s: %s)", type(error).__name__, error)
-    return ProxyError(503, "The response store is unavailable; try again shortly.", code="store_unavailable",
-                      error_type="server_error", headers={"retry-after": "1"})

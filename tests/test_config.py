@@ -6,13 +6,14 @@ import hashlib
 import pwd
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
 
 from proxy.app import _pool_limits
-from proxy.config import ConfigError, Settings, load_settings, worker_ids
+from proxy.config import ConfigError, Settings, duration_seconds, load_settings, worker_ids
 from sandbox import WorkerUser
 
 SK_A_HASH = hashlib.sha256(b"sk-a").hexdigest()
@@ -96,6 +97,14 @@ def test_litellm_proxy_config_loads_unchanged(tmp_path: Path) -> None:
      "keys[1] is the same key as keys[0]"),
     ({"server": {"master_key": "sk-a", "api_keys": ["sk-a"]}}, {},
      "master_key is the same key as api_keys[0]"),
+    ({"server": {"keys": [{"key": "sk-a", "budget_duration": "1 month"}]}}, {},
+     "server.keys.0.budget_duration"),
+    ({"server": {"keys": [{"key": "sk-a", "rpm": -1}]}}, {}, "server.keys.0.rpm"),
+    ({"server": {"keys": [{"key": "sk-a", "models": [""]}]}}, {}, "a model pattern must not be empty"),
+    ({"server": {"keys": [{"key": "sk-a", "expires": "soon"}]}}, {}, "server.keys.0.expires"),
+    ({"server": {"keys": [{"key": "sk-a", "rlm": {"allowed": True, "max_cost": 1}}]}}, {},
+     "server.keys.0.rlm.max_cost"),
+    ({"server": {"teams": [{"team": "a"}, {"team": "a", "rpm": 1}]}}, {}, "teams: a given more than once"),
     # LiteLLM settings rlm-proxy does not implement are refused by name, never ignored.
     ({"litellm_settings": {"drop_params": True}}, {}, "'litellm_settings.drop_params' is not supported"),
     ({"router_settings": {"redis_host": "r"}}, {}, "'router_settings.redis_host' is not supported"),
@@ -153,3 +162,15 @@ def test_worker_user_is_a_name_a_uid_or_uid_and_gid(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("RLM_PROXY_SANDBOX__WORKER_USER", "nobody")
     settings = load_settings()
     assert _pool_limits(settings).worker_user == WorkerUser(nobody.pw_uid, nobody.pw_gid)
+
+
+@pytest.mark.parametrize(("duration", "seconds"), [("30s", 30), ("10m", 600), ("1h", 3600), ("1d", 86_400),
+                                                   ("30d", 2_592_000)])
+def test_litellm_durations(duration: str, seconds: int) -> None:
+    assert duration_seconds(duration) == seconds
+
+
+def test_a_key_expiry_without_a_zone_is_utc(tmp_path: Path) -> None:
+    key = {"key": "sk-a", "expires": "2030-01-02T03:04:05"}
+    settings = load_settings(write(tmp_path, {"server": {"keys": [key]}}))
+    assert settings.server.keys[0].expires == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -12,8 +12,9 @@ import pytest
 from proxy.api.relay import relay
 from proxy.api.request import parse_chat_request
 from proxy.auth import ANONYMOUS, Identity, KeyChecker
-from proxy.config import ServerSettings
+from proxy.config import CacheSettings, KeyEntry, ServerSettings
 from proxy.errors import ProxyError
+from proxy.key_store import KeyStore
 from proxy.model_facts import ModelFacts, import_litellm
 from proxy.registry import Deployment
 from proxy.upstream import error_from_status
@@ -57,20 +58,29 @@ def test_retry_after_is_forwarded_and_parsed() -> None:
     assert error_from_status(429, "slow down", retry_after="soon").headers["retry-after"] == "1"
 
 
-def test_key_checker_tells_who_the_caller_is() -> None:
-    assert KeyChecker(ServerSettings()).check(None) == ANONYMOUS
+async def test_key_checker_tells_who_the_caller_is() -> None:
+    store = KeyStore(CacheSettings())
+    assert await KeyChecker(ServerSettings(), store).check(None) == ANONYMOUS
     hashed = hashlib.sha256(b"sk-c").hexdigest()
     checker = KeyChecker(ServerSettings.model_validate({
         "master_key": "sk-master", "api_keys": ["sk-a"],
-        "keys": [{"key": "sk-b", "alias": "bee", "team": "t"}, {"key_hash": hashed.upper(), "team": "t"}]}))
-    assert checker.check("bearer  sk-a ") == Identity(hashlib.sha256(b"sk-a").hexdigest(),
-                                                      hashlib.sha256(b"sk-a").hexdigest()[:8])
-    assert checker.check("Bearer sk-b") == Identity(hashlib.sha256(b"sk-b").hexdigest(), "bee", "t")
-    assert checker.check("Bearer sk-c") == Identity(hashed, hashed[:8], "t")
-    assert checker.check("Bearer sk-master").alias == "master"
-    for header in (None, "", "Bearer", "Basic sk-a", "Bearer sk-d", f"Bearer {hashed}"):
+        "keys": [{"key": "sk-b", "alias": "bee", "team": "t"}, {"key_hash": hashed.upper(), "team": "t"}]}),
+        store)
+    assert await checker.check("bearer  sk-a ") == Identity(hashlib.sha256(b"sk-a").hexdigest(),
+                                                            hashlib.sha256(b"sk-a").hexdigest()[:8])
+    assert await checker.check("Bearer sk-b") == Identity(hashlib.sha256(b"sk-b").hexdigest(), "bee", "t")
+    assert await checker.check("Bearer sk-c") == Identity(hashed, hashed[:8], "t")
+    assert (await checker.check("Bearer sk-master")).alias == "master"
+    await store.put(KeyEntry(key_hash=hashlib.sha256(b"sk-d").hexdigest(), alias="dee"))
+    assert (await checker.check("Bearer sk-d")).alias == "dee"
+    for header in (None, "", "Bearer", "Basic sk-a", "Bearer sk-e", f"Bearer {hashed}"):
         with pytest.raises(ProxyError) as info:
-            checker.check(header)
+            await checker.check(header)
+        assert info.value.status == 401
+    checker.check_master("Bearer sk-master")
+    for header in (None, "Bearer sk-a", "Bearer sk-d", f"Bearer {hashlib.sha256(b'sk-master').hexdigest()}"):
+        with pytest.raises(ProxyError) as info:
+            checker.check_master(header)
         assert info.value.status == 401
 
 

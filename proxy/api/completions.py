@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from proxy.api import core
-from proxy.api.deps import ServicesDep, require_api_key
+from proxy.api.deps import IdentityDep, ServicesDep, require_api_key
 from proxy.api.relay import relay
 from proxy.api.request import check_text_input, model_name, parse_json_body, stream_flags
 from proxy.api.streaming import SSEResponse, guard_stream, read_body, until_disconnect
@@ -18,12 +18,12 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 
 @router.post("/v1/completions")
 @router.post("/completions", include_in_schema=False)
-async def completions(request: Request, services: ServicesDep) -> Response:
+async def completions(request: Request, services: ServicesDep, identity: IdentityDep) -> Response:
     body = parse_json_body(await read_body(request))
     model_name(body)
     check_text_input(body, "prompt")
     stream, include_usage = stream_flags(body)
-    group = core.route_passthrough(request, services, body)
+    group = await core.route_passthrough(request, services, identity, body)
     if stream:
         first, chunks = await core.opened(request, services.upstream.stream_text(group, body))
         relayed = relay(first, chunks, include_usage, "text_completion")

@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from fastapi import Request
 
+from proxy.access import check_model, check_rlm_allowed, may_use_rlm, rlm_settings_for
 from proxy.admission import RunAdmission
 from proxy.api.deps import Services
 from proxy.api.request import ChatRequest
@@ -22,6 +23,7 @@ from proxy.api.streaming import until_disconnect
 from proxy.auth import Identity
 from proxy.cache import CachePolicy
 from proxy.errors import invalid_request
+from proxy.limits import GRANT_STATE, Grant
 from proxy.middleware import RouteInfo
 from proxy.registry import ModelGroup
 from proxy.rlm.engine import RunRequest
@@ -55,14 +57,27 @@ async def route(request: Request, services: Services, identity: Identity,
                 chat: ChatRequest) -> Direct | RLMRun:
     """Decide direct or RLM for a request already in Chat Completions form, and prepare that path."""
     model, _ = split_model(chat.model)
+    check_model(identity, model)
     group = services.registry.resolve(model)
     decision = await services.router.decide(request.headers.get(MODE_HEADER), chat.model, chat.messages,
                                             group)
-    _note_route(request, services, decision.mode, decision.model)
-    if decision.mode == "rlm":
+    mode = decision.mode
+    if mode == "rlm" and not may_use_rlm(identity):
+        if decision.reason == "header":
+            check_rlm_allowed(identity, f"'{MODE_HEADER}: on'")
+        if decision.reason == "prefix":
+            check_rlm_allowed(identity, f"the model '{chat.model}'")
+        mode = "direct"  # past the threshold, or the server's default: the model itself answers
+    _note_route(request, services, mode, decision.model)
+    if mode == "rlm" and chat.rlm.sub_model is not None:
+        check_model(identity, chat.rlm.sub_model, param="rlm.sub_model")
+    grant = await _admit(request, services, identity, rlm=mode == "rlm")
+    if mode == "rlm":
         cache = CachePolicy.from_header(request.headers.get("cache-control"),
                                         identity.cache_scope(services.settings.cache.scope))
-        run = run_request(chat, decision.model, services.settings.rlm, cache)
+        budget_left = grant.budget_left_usd if grant is not None else None
+        settings = rlm_settings_for(identity, services.settings.rlm, budget_left)
+        run = run_request(chat, decision.model, settings, cache)
         # A bad sub-model would turn every sub-call into an error string: refuse the request instead.
         services.registry.resolve(run.sub_model, param="rlm.sub_model")
         events = observed(as_proxy_errors(services.engine.run(run)), services.metrics, run)
@@ -88,7 +103,8 @@ async def _admitted(admission: RunAdmission, key: str, events: AsyncIterator[Eve
         admission.leave(key)
 
 
-def route_passthrough(request: Request, services: Services, body: dict[str, Any]) -> ModelGroup:
+async def route_passthrough(request: Request, services: Services, identity: Identity,
+                            body: dict[str, Any]) -> ModelGroup:
     """The model group for a request that only the upstream model answers (embeddings, legacy completions),
     whose `model` is checked already. RLM mode answers chat-like requests only: the `rlm/` prefix,
     `x-rlm-mode: on` and an `rlm` object are refused rather than ignored."""
@@ -99,9 +115,19 @@ def route_passthrough(request: Request, services: Services, body: dict[str, Any]
         raise invalid_request(f"RLM mode answers chat-like requests only (chat completions, responses, "
                               f"messages); {request.url.path} passes requests through to the model, so "
                               f"{what} cannot ask for it.", param=param, code="rlm_not_supported")
+    check_model(identity, name)
     group = services.registry.resolve(name)
     _note_route(request, services, "direct", name)
+    await _admit(request, services, identity, rlm=False)
     return group
+
+
+async def _admit(request: Request, services: Services, identity: Identity, rlm: bool) -> Grant | None:
+    """Count the request against its key's and team's limits (429 past one), before any work or queue;
+    the grant is left for the limits middleware, which settles it when the response is done."""
+    grant = await services.limits.admit(identity, rlm)
+    setattr(request.state, GRANT_STATE, grant)
+    return grant
 
 
 def _rlm_asked_by(request: Request, body: dict[str, Any], prefixed: bool) -> tuple[str, str] | None:

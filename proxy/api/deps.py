@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -11,6 +12,9 @@ from proxy.admission import RunAdmission
 from proxy.auth import Identity, KeyChecker
 from proxy.cache import Cache
 from proxy.config import Settings
+from proxy.errors import ProxyError
+from proxy.key_store import KeyStore
+from proxy.limits import KeyLimits
 from proxy.metrics import Metrics
 from proxy.model_facts import ModelFacts
 from proxy.registry import ModelRegistry
@@ -20,6 +24,8 @@ from proxy.routing import ModeRouter
 from proxy.upstream import Upstream
 from sandbox import SandboxPool
 
+audit = logging.getLogger("rlm_proxy.audit")
+
 
 @dataclass
 class Services:
@@ -27,6 +33,7 @@ class Services:
     registry: ModelRegistry
     upstream: Upstream
     keys: KeyChecker
+    key_store: KeyStore
     facts: ModelFacts
     router: ModeRouter
     sandbox: SandboxPool
@@ -35,6 +42,7 @@ class Services:
     cache: Cache | None
     responses: ResponseStore
     admission: RunAdmission
+    limits: KeyLimits
     ready: bool = False  # set once start-up work (imports, warm workers) is done
     warm_up_error: str | None = None
 
@@ -46,13 +54,22 @@ async def get_services(request: Request) -> Services:
 
 
 async def require_api_key(request: Request) -> Identity:
-    return (await get_services(request)).keys.check(request.headers.get("authorization"))
+    return await (await get_services(request)).keys.check(request.headers.get("authorization"))
 
 
 async def require_api_key_or_x_api_key(request: Request) -> Identity:
     """The key check of the Anthropic dialect: `x-api-key` (what its SDKs send) or a bearer key."""
     keys, headers = (await get_services(request)).keys, request.headers
-    return keys.check(headers.get("authorization"), headers.get("x-api-key", ""))
+    return await keys.check(headers.get("authorization"), headers.get("x-api-key", ""))
+
+
+async def require_master_key(request: Request) -> None:
+    """The admin API's guard; a refused call is audited (its route and why, never the key it sent)."""
+    try:
+        (await get_services(request)).keys.check_master(request.headers.get("authorization"))
+    except ProxyError as error:
+        audit.warning("admin %s %s refused: %s", request.method, request.url.path, error.code)
+        raise
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

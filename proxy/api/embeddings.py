@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from proxy.api import core
-from proxy.api.deps import ServicesDep, require_api_key
+from proxy.api.deps import IdentityDep, ServicesDep, require_api_key
 from proxy.api.request import check_text_input, model_name, optional, parse_json_body
 from proxy.api.streaming import read_body, until_disconnect
 from proxy.errors import invalid_request
@@ -21,9 +21,9 @@ ENCODING_FORMATS = ("float", "base64")
 
 @router.post("/v1/embeddings")
 @router.post("/embeddings", include_in_schema=False)
-async def embeddings(request: Request, services: ServicesDep) -> Response:
+async def embeddings(request: Request, services: ServicesDep, identity: IdentityDep) -> Response:
     body = parse_embeddings_request(await read_body(request))
-    group = core.route_passthrough(request, services, body)
+    group = await core.route_passthrough(request, services, identity, body)
     answer = await until_disconnect(request.receive, services.upstream.embed(group, body))
     return Response(orjson.dumps(answer), media_type="application/json", headers=core.DIRECT_HEADERS)
 

@@ -16,6 +16,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from proxy.access import check_model
 from proxy.api import core
 from proxy.api.deps import AnthropicIdentityDep, Services, ServicesDep
 from proxy.api.request import ChatRequest
@@ -55,7 +56,9 @@ async def messages(request: Request, services: ServicesDep, identity: AnthropicI
 @router.post("/v1/messages/count_tokens")
 async def count_tokens(request: Request, services: ServicesDep, identity: AnthropicIdentityDep) -> Response:
     parsed = anthropic.parse_messages_request(await read_body(request), count_only=True)
-    group = services.registry.resolve(split_model(parsed.chat.model)[0])
+    model = split_model(parsed.chat.model)[0]
+    check_model(identity, model)
+    group = services.registry.resolve(model)
     if group.speaks("messages"):
         counted = await until_disconnect(request.receive, services.upstream.forward(
             group, "/messages/count_tokens", parsed.body, lambda _: None, _forwarded_headers(request)))

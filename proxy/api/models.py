@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from proxy.api.deps import ServicesDep, require_api_key
+from proxy.access import visible_models
+from proxy.api.deps import IdentityDep, ServicesDep
 from proxy.routing import RLM_PREFIX
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter()
 
 
 @router.get("/v1/models")
 @router.get("/models", include_in_schema=False)
-async def list_models(services: ServicesDep) -> dict[str, Any]:
-    names = services.registry.names
+async def list_models(services: ServicesDep, identity: IdentityDep) -> dict[str, Any]:
+    """The models the caller's key may use (its team's list narrows it too)."""
     return {"object": "list",
             "data": [{"id": name, "object": "model", "created": 0, "owned_by": "rlm-proxy"}
-                     for name in [*names, *(RLM_PREFIX + name for name in names)]]}
+                     for name in visible_models(identity, services.registry.names, RLM_PREFIX)]}
