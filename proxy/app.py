@@ -14,7 +14,18 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from proxy.admission import RunAdmission, default_capacity, memory_limit_bytes
-from proxy.api import chat, completions, embeddings, health, keys, messages, models, prometheus, responses
+from proxy.api import (
+    chat,
+    completions,
+    embeddings,
+    health,
+    keys,
+    messages,
+    models,
+    prometheus,
+    responses,
+    spend,
+)
 from proxy.api.deps import Services
 from proxy.auth import KeyChecker
 from proxy.balancer import Balancer
@@ -38,6 +49,7 @@ from proxy.registry import ModelRegistry
 from proxy.response_store import ResponseStore
 from proxy.rlm.engine import RLMEngine
 from proxy.routing import ModeRouter
+from proxy.spend import SpendLedger
 from proxy.upstream import Upstream
 from sandbox import MIB, PoolLimits, SandboxLimits, SandboxPool, WorkerUser
 
@@ -71,6 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
         responses=ResponseStore(settings.responses, settings.cache),
         admission=_admission(settings, metrics),
         limits=KeyLimits(settings.limits, settings.cache, metrics),
+        spend=SpendLedger(settings.spend, settings.cache, metrics),
     )
 
     @asynccontextmanager
@@ -90,6 +103,7 @@ def create_app(settings: Settings) -> FastAPI:
         await services.responses.aclose()
         await services.key_store.aclose()
         await services.limits.aclose()
+        await services.spend.aclose()
 
     app = FastAPI(title="rlm-proxy", version="0.1.0", lifespan=lifespan)
     app.state.services = services
@@ -100,6 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(completions.router)
     app.include_router(models.router)
     app.include_router(keys.router)
+    app.include_router(spend.router)
     if settings.server.health_routes:
         app.include_router(health.router)
     if settings.server.metrics_route:
@@ -112,7 +127,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.server.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["x-request-id", "x-rlm-mode"])
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.server.max_body_bytes)
-    app.add_middleware(LimitsMiddleware, limits=services.limits)
+    app.add_middleware(LimitsMiddleware, limits=services.limits, spend=services.spend)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if releaser is not None:
         app.add_middleware(IdleMemoryMiddleware, releaser=releaser)

@@ -244,6 +244,15 @@ class LimitsSettings(_Section):
     lease_s: float = Field(default=3600.0, ge=60)
 
 
+class SpendSettings(_Section):
+    """The spend ledger (proxy/spend.py): per key, team and model and per UTC day, in the Redis of
+    `cache.redis_url` when set (every replica adds to it), else in process."""
+
+    retention_days: int = Field(default=90, ge=1, le=3660, description="days of spend kept")
+    # Prometheus series per key alias (and team) at most; later ones are counted as "other".
+    metrics_max_labels: int = Field(default=100, ge=0, le=10_000)
+
+
 class ResponsesSettings(_Section):
     """Stored responses of /v1/responses (retrieve, delete, previous_response_id): in the Redis of
     `cache.redis_url` when set (every replica sees them), else in a bounded in-process store."""
@@ -332,6 +341,7 @@ class Settings(BaseSettings):
     rlm: RLMSettings = RLMSettings()
     sandbox: SandboxSettings = SandboxSettings()
     admission: AdmissionSettings = AdmissionSettings()
+    spend: SpendSettings = SpendSettings()
     limits: LimitsSettings = LimitsSettings()
     # LiteLLM Proxy's sections, so that its config files load: the keys we read (proxy/router_config.py).
     litellm_settings: LiteLLMSettings = LiteLLMSettings()

@@ -31,6 +31,7 @@ log = logging.getLogger("rlm_proxy")
 # Cluster runs only over keys of one slot (so on a cluster they all live on one shard).
 KEY_PREFIX = "{rlm-proxy:limit}:v1:"
 GRANT_STATE = "limit_grant"  # where a route leaves its request's Grant in the ASGI scope's state
+SPENDER_STATE = "spender"  # ... and the Identity its spend is recorded for (proxy/spend.py)
 MINUTE_S = 60
 LEASE_RETRY_S = 1  # a parallel slot may free at any moment
 

@@ -52,6 +52,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "rlm_proxy_rlm_runs_running": ("gauge", ()),
     "rlm_proxy_rlm_runs_queued": ("gauge", ()),
     "rlm_proxy_admission_rejected_total": ("counter", ("reason",)),
+    "rlm_proxy_spend_usd_total": ("counter", ("key", "team")),
+    "rlm_proxy_spend_saved_usd_total": ("counter", ("key", "team")),
     "rlm_proxy_limit_rejected_total": ("counter", ("limit", "scope")),
     "rlm_proxy_limits_unavailable_total": ("counter", ()),
 }
@@ -105,6 +107,11 @@ class Metrics:
                 self.limit_rejected.labels(limit, scope)
         self.limits_unavailable = counter("rlm_proxy_limits_unavailable_total",
                                           "Limit checks and charges skipped: Redis failed (fail open).")
+        # Per key alias and team (never a key or its hash), at most spend.metrics_max_labels series.
+        self.spend = counter("rlm_proxy_spend_usd_total",
+                             "Upstream spend in US dollars by key alias and team.")
+        self.spend_saved = counter("rlm_proxy_spend_saved_usd_total",
+                                   "What cached calls would have cost, by key alias and team.")
 
     def admission_changed(self, running: int, queued: int) -> None:
         self.runs_running.set(running)
@@ -141,7 +148,7 @@ class UpstreamMetrics:
         self._metrics.cost.labels(label).inc(cost)
         metering = REQUEST_METERING.get()
         if metering is not None:
-            metering.add(prompt_tokens + completion_tokens, cost)
+            metering.add(deployment.name, prompt_tokens, completion_tokens, cost)
 
     def on_error(self, deployment: Deployment, error: ProxyError) -> None:
         self._metrics.upstream_errors.labels(self._metrics.model(deployment.name), error_kind(error)).inc()

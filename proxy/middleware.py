@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from proxy.auth import Identity
 from proxy.errors import (
     ClientDisconnected,
     ProxyError,
@@ -19,9 +20,10 @@ from proxy.errors import (
     internal_error,
     json_error_response_parts,
 )
-from proxy.limits import GRANT_STATE, Grant, KeyLimits
+from proxy.limits import GRANT_STATE, SPENDER_STATE, Grant, KeyLimits
 from proxy.metering import REQUEST_METERING, Metering
 from proxy.metrics import OTHER, REQUEST_CLOCK, Metrics, UpstreamClock
+from proxy.spend import SpendLedger
 
 log = logging.getLogger("rlm_proxy")
 
@@ -171,11 +173,13 @@ class MetricsMiddleware:
 
 class LimitsMiddleware:
     """Meters a model request's upstream usage (its RLM sub-calls too), adds its key's `x-ratelimit-*`
-    headers, and settles its limits (slots back, tokens and dollars charged) when the response is done."""
+    headers, and when the response is done settles its limits (slots back, tokens and dollars charged) and
+    adds its spend to the ledger."""
 
-    def __init__(self, app: ASGIApp, limits: KeyLimits) -> None:
+    def __init__(self, app: ASGIApp, limits: KeyLimits, spend: SpendLedger) -> None:
         self.app = app
         self.limits = limits
+        self.spend = spend
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in MODEL_PATHS:
@@ -199,3 +203,6 @@ class LimitsMiddleware:
             grant = state.get(GRANT_STATE)
             if grant is not None:  # settled even when the request was cancelled (its client went away)
                 await asyncio.shield(self.limits.settle(grant, metering))
+            spender: Identity | None = state.get(SPENDER_STATE)
+            if spender is not None:
+                await asyncio.shield(self.spend.record(spender, metering))

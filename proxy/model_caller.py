@@ -10,6 +10,7 @@ import orjson
 
 from proxy.cache import Cache, CachePolicy, cache_key
 from proxy.errors import ProxyError
+from proxy.metering import REQUEST_METERING
 from proxy.model_facts import CHARS_PER_TOKEN, ModelFacts, estimate_tokens, usage_tokens
 from proxy.registry import ModelRegistry
 from proxy.rlm.engine import ModelReply
@@ -41,7 +42,10 @@ class UpstreamCaller:
         value, hit = await self._cache.fetch(key, cache, produce)
         stored = orjson.loads(value)
         # JSON has no tuples: the calls come back as a list.
-        return replace(ModelReply(**stored), tool_calls=tuple(stored.get("tool_calls", ())), cached=hit)
+        reply = replace(ModelReply(**stored), tool_calls=tuple(stored.get("tool_calls", ())), cached=hit)
+        if hit and (metering := REQUEST_METERING.get()) is not None:
+            metering.saved(model, reply.cost_usd)
+        return reply
 
     async def _call(self, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> ModelReply:
         group = self._registry.resolve(model)

@@ -23,7 +23,7 @@ from proxy.api.streaming import until_disconnect
 from proxy.auth import Identity
 from proxy.cache import CachePolicy
 from proxy.errors import invalid_request
-from proxy.limits import GRANT_STATE, Grant
+from proxy.limits import GRANT_STATE, SPENDER_STATE, Grant
 from proxy.middleware import RouteInfo
 from proxy.registry import ModelGroup
 from proxy.rlm.engine import RunRequest
@@ -127,6 +127,7 @@ async def _admit(request: Request, services: Services, identity: Identity, rlm: 
     the grant is left for the limits middleware, which settles it when the response is done."""
     grant = await services.limits.admit(identity, rlm)
     setattr(request.state, GRANT_STATE, grant)
+    setattr(request.state, SPENDER_STATE, identity)
     return grant
 
 

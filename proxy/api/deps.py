@@ -21,6 +21,7 @@ from proxy.registry import ModelRegistry
 from proxy.response_store import ResponseStore
 from proxy.rlm.engine import RLMEngine
 from proxy.routing import ModeRouter
+from proxy.spend import SpendLedger
 from proxy.upstream import Upstream
 from sandbox import SandboxPool
 
@@ -43,6 +44,7 @@ class Services:
     responses: ResponseStore
     admission: RunAdmission
     limits: KeyLimits
+    spend: SpendLedger
     ready: bool = False  # set once start-up work (imports, warm workers) is done
     warm_up_error: str | None = None
 
