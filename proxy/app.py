@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from proxy.admission import RunAdmission, default_capacity, memory_limit_bytes
-from proxy.api import chat, completions, embeddings, health, messages, models, prometheus, responses
+from proxy.api import chat, completions, embeddings, health, messages, models, prometheus, responses, runs
 from proxy.api.deps import Services
 from proxy.auth import KeyChecker
 from proxy.balancer import Balancer
@@ -31,6 +31,8 @@ from proxy.registry import ModelRegistry
 from proxy.response_store import ResponseStore
 from proxy.rlm.engine import RLMEngine
 from proxy.routing import ModeRouter
+from proxy.trajectories.recorder import Trajectories
+from proxy.trajectories.secrets import known_secrets
 from proxy.upstream import Upstream
 from sandbox import MIB, PoolLimits, SandboxLimits, SandboxPool, WorkerUser
 
@@ -61,6 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
         cache=cache,
         responses=ResponseStore(settings.responses, settings.cache),
         admission=_admission(settings, metrics),
+        trajectories=Trajectories(settings.trajectories, settings.cache, known_secrets(settings)),
     )
 
     @asynccontextmanager
@@ -78,6 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
         if services.cache is not None:
             await services.cache.aclose()
         await services.responses.aclose()
+        await services.trajectories.aclose()
 
     app = FastAPI(title="rlm-proxy", version="0.1.0", lifespan=lifespan)
     app.state.services = services
@@ -87,6 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(embeddings.router)
     app.include_router(completions.router)
     app.include_router(models.router)
+    app.include_router(runs.router)
     if settings.server.health_routes:
         app.include_router(health.router)
     if settings.server.metrics_route:

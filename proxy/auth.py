@@ -18,6 +18,7 @@ class Identity:
     key_hash: str  # SHA-256 hex of the key; empty for the anonymous caller (no keys configured)
     alias: str
     team: str | None = None
+    master: bool = False  # the master key: sees every key's runs
 
     def cache_scope(self, scope: CacheScope) -> str:
         """Whose cached calls this caller may reuse. A key without a team is a team of its own."""
@@ -39,7 +40,8 @@ class KeyChecker:
                       for key in settings.api_keys if key.get_secret_value()]
         identities += [_identity(entry.hash, entry.alias, entry.team) for entry in settings.keys]
         if settings.master_key is not None and settings.master_key.get_secret_value():
-            identities.append(_identity(key_hash(settings.master_key.get_secret_value()), "master"))
+            master = key_hash(settings.master_key.get_secret_value())
+            identities.append(Identity(master, "master", master=True))
         self._identities = [(bytes.fromhex(identity.key_hash), identity) for identity in identities]
 
     @property

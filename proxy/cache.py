@@ -136,17 +136,21 @@ def entry_bytes(key: str, value: bytes) -> int:
     return len(key) + len(value) + ENTRY_OVERHEAD_BYTES
 
 
+def redis_client(settings: CacheSettings) -> redis.Redis | RedisCluster:
+    """A client of `cache.redis_url`, with its timeouts: every Redis user of the proxy shares these."""
+    assert settings.redis_url is not None
+    # One immediate retry on a broken connection: after a Redis restart every pooled connection is
+    # stale, and the first command on each would otherwise fail although Redis is back.
+    options: dict[str, Any] = {"socket_timeout": settings.redis_timeout_s,
+                               "socket_connect_timeout": settings.redis_timeout_s,
+                               "retry": Retry(NoBackoff(), 1, (RedisConnectionError,))}
+    return (RedisCluster.from_url(settings.redis_url, **options) if settings.redis_cluster
+            else redis.Redis.from_url(settings.redis_url, **options))
+
+
 class RedisStore:
     def __init__(self, settings: CacheSettings) -> None:
-        assert settings.redis_url is not None
-        # One immediate retry on a broken connection: after a Redis restart every pooled connection is
-        # stale, and the first command on each would otherwise fail although Redis is back.
-        options: dict[str, Any] = {"socket_timeout": settings.redis_timeout_s,
-                                   "socket_connect_timeout": settings.redis_timeout_s,
-                                   "retry": Retry(NoBackoff(), 1, (RedisConnectionError,))}
-        self._redis: redis.Redis | RedisCluster = (
-            RedisCluster.from_url(settings.redis_url, **options) if settings.redis_cluster
-            else redis.Redis.from_url(settings.redis_url, **options))
+        self._redis: redis.Redis | RedisCluster = redis_client(settings)
 
     async def get(self, key: str) -> bytes | None:
         return await self._redis.get(key)

@@ -41,7 +41,8 @@ class UpstreamCaller:
         value, hit = await self._cache.fetch(key, cache, produce)
         stored = orjson.loads(value)
         # JSON has no tuples: the calls come back as a list.
-        return replace(ModelReply(**stored), tool_calls=tuple(stored.get("tool_calls", ())), cached=hit)
+        return replace(ModelReply(**stored), tool_calls=tuple(stored.get("tool_calls", ())), cached=hit,
+                       cache_key=key)
 
     async def _call(self, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> ModelReply:
         group = self._registry.resolve(model)

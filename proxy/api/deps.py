@@ -17,6 +17,7 @@ from proxy.registry import ModelRegistry
 from proxy.response_store import ResponseStore
 from proxy.rlm.engine import RLMEngine
 from proxy.routing import ModeRouter
+from proxy.trajectories.recorder import Trajectories
 from proxy.upstream import Upstream
 from sandbox import SandboxPool
 
@@ -35,6 +36,7 @@ class Services:
     cache: Cache | None
     responses: ResponseStore
     admission: RunAdmission
+    trajectories: Trajectories
     ready: bool = False  # set once start-up work (imports, warm workers) is done
     warm_up_error: str | None = None
 
