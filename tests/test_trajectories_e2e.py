@@ -122,6 +122,8 @@ def test_a_needle_run_is_recorded_iteration_by_iteration(proxy: Server, records_
     assert "```repl" in reply["text"]
     block = first["blocks"][0]
     assert block["outcome"] == "ok" and "context" in block["code"] and block["output"] is not None
+    # The worker's CPU time and peak memory, read from /proc by the proxy: the context alone is 300 kB.
+    assert block["cpu_s"] >= 0 and block["peak_rss_bytes"] > 1_000_000
     assert len(block["subcalls"]) == totals["subcalls"]
     call = block["subcalls"][0]
     assert call["error"] is None and call["prompt_chars"] > 500 and call["cache_key"].startswith("rlm:v1:")

@@ -75,7 +75,7 @@ def test_timeline_places_nested_iterations_and_subcalls_under_their_block() -> N
         {"type": "iteration_started", "depth": 2, "iteration": 1, "prompt_chars": 5},
         {"type": "root_replied", "depth": 2, "iteration": 1, "final": False, "call": call},
         {"type": "block_executed", "depth": 1, "iteration": 1, "block": 1, "outcome": "ok", "output": "o",
-         "duration_s": 0.2, "coverage": 0.5, "output_chars": 1},
+         "duration_s": 0.2, "coverage": 0.5, "output_chars": 1, "cpu_s": 0.1, "peak_rss_bytes": 10},
         {"type": "root_replied", "depth": 1, "iteration": 1, "final": True, "call": call},
     ]
     for seq, event in enumerate(events):

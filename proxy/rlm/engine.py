@@ -243,7 +243,8 @@ class RLMEngine:
                 run.stats.blocks += 1
                 run.emit(BlockExecuted(iteration=iteration, block=number, depth=depth, outcome=result.outcome,
                                        duration_s=result.duration_s, output_chars=len(result.output),
-                                       output=result.output, coverage=result.coverage))
+                                       output=result.output, coverage=result.coverage, cpu_s=result.cpu_s,
+                                       peak_rss_bytes=result.peak_rss_bytes))
                 reports.append(prompts.BlockReport(result.outcome, result.output))
                 if result.final is not None:
                     answer = result.final.text

@@ -87,6 +87,8 @@ class BlockExecuted:
     output_chars: int
     output: str = ""  # as the root model is shown it
     coverage: float = 0.0  # of this depth's `context`, read so far
+    cpu_s: float | None = None  # the worker's, None when it died
+    peak_rss_bytes: int | None = None
 
 
 @dataclass(frozen=True)

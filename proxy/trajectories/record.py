@@ -86,7 +86,7 @@ def event_dict(event: Event, limit: int) -> dict[str, Any]:
             return {"type": "block_executed", "depth": event.depth, "iteration": event.iteration,
                     "block": event.block, "outcome": event.outcome, "duration_s": event.duration_s,
                     "output_chars": event.output_chars, "output": cut(event.output, limit),
-                    "coverage": event.coverage}
+                    "coverage": event.coverage, "cpu_s": event.cpu_s, "peak_rss_bytes": event.peak_rss_bytes}
         case SubcallsDispatched():
             return {"type": "subcalls_dispatched", "depth": event.depth, "count": event.count}
         case SubcallsFinished():
@@ -136,8 +136,8 @@ def timeline(events: list[dict[str, Any]]) -> dict[str, Any]:
             latest[depth]["blocks"].append(block)
             running[depth] = block
         elif kind == "block_executed" and depth in running:
-            running.pop(depth).update(outcome=event["outcome"], output=event["output"],
-                                      duration_s=event["duration_s"], coverage=event["coverage"])
+            running.pop(depth).update({k: event[k] for k in (
+                "outcome", "output", "duration_s", "coverage", "cpu_s", "peak_rss_bytes")})
             if depth == 1:
                 coverage.append([event["t"], event["coverage"]])
         elif kind == "subcalls_finished" and depth in running:
