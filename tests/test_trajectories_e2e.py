@@ -293,6 +293,24 @@ def test_with_redis_any_replica_serves_any_run(mock_upstream: Mock, start_proxy:
     assert api(first, "GET", f"/v1/rlm/runs/{run_id}", OTHER_KEY).status_code == 404
 
 
+def test_a_dead_redis_fails_no_run_and_the_api_says_503(mock_upstream: Mock, start_proxy: StartProxy,
+                                                         redis_server: Redis) -> None:
+    replica = start_proxy(keyed(mock_upstream, cache={"redis_url": redis_server.url, "redis_timeout_s": 0.2}))
+    redis_server.kill()
+    try:
+        completion, run_id = create(replica, needle_prompt(20_000, KEY, VALUE))
+        assert completion.choices[0].message.content == VALUE  # recording never fails the run
+        deadline = time.monotonic() + 10
+        # Served from the process while its last save is tried; then the store has to answer.
+        while (response := api(replica, "GET", f"/v1/rlm/runs/{run_id}")).status_code == 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert response.status_code == 503 and response.json()["error"]["code"] == "store_unavailable"
+        assert api(replica, "GET", "/v1/rlm/runs").status_code == 503
+    finally:
+        redis_server.start()
+
+
 def test_recording_off_serves_no_runs(mock_upstream: Mock, start_proxy: StartProxy) -> None:
     off = start_proxy(rlm_config(mock_upstream, trajectories={"enabled": False}))
     completion, run_id = create(off, needle_prompt(20_000, KEY, VALUE))
