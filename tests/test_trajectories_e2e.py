@@ -293,6 +293,30 @@ def test_with_redis_any_replica_serves_any_run(mock_upstream: Mock, start_proxy:
     assert api(first, "GET", f"/v1/rlm/runs/{run_id}", OTHER_KEY).status_code == 404
 
 
+def test_a_run_going_on_another_replica_is_followed_to_its_end(mock_upstream: Mock, start_proxy: StartProxy,
+                                                                redis_server: Redis) -> None:
+    config = keyed(mock_upstream, cache={"redis_url": redis_server.url})
+    first, second = start_proxy(config), start_proxy(config)
+    code = "for i in range(8):\n    print(llm_query(f'[[mock:latency_ms=300]] slow part {i}'))\n"
+    with httpx.stream("POST", first.url + "/v1/chat/completions", timeout=30, json={
+            "model": "mock", "stream": True, "messages": [{"role": "user", "content": exec_prompt(code)}]},
+            headers={"authorization": f"Bearer {MASTER_KEY}", **RLM_ON}) as response:
+        run_id = response.headers["x-rlm-run-id"]
+        lines = response.iter_lines()
+        for line in lines:
+            if "answered in" in line:
+                break
+        assert api(second, "GET", f"/v1/rlm/runs/{run_id}").json()["status"] == "running"
+        seen: list[dict[str, Any]] = []
+        follower = threading.Thread(target=lambda: seen.extend(sse_events(second, run_id)))
+        follower.start()
+        for _ in lines:
+            pass
+        follower.join(30)
+    assert [e["seq"] for e in seen] == list(range(len(seen))) and seen[-1]["type"] == "run_finished"
+    assert seen == list(sse_events(first, run_id))
+
+
 def test_a_dead_redis_fails_no_run_and_the_api_says_503(mock_upstream: Mock, start_proxy: StartProxy,
                                                          redis_server: Redis) -> None:
     replica = start_proxy(keyed(mock_upstream, cache={"redis_url": redis_server.url, "redis_timeout_s": 0.2}))
