@@ -10,6 +10,11 @@ Each line shows the measured figure, its bound (the target) and their ratio: the
 3. Per-block sandbox overhead: `x = 1` round trips in a warm session, p50 (target < 5 ms).
 4. Run start with a 100 MB context: a session from the warm pool, context loaded (target < 0.5 s).
 5. The proxy's peak RSS growth while serving a 40 MB prompt in RLM mode (target < 4x the prompt).
+
+With `--record-cost` it measures instead what a run's trajectory record costs: a 10 MB needle run against
+two proxies in front of one mock, one recording runs and one with `trajectories.enabled: false`, in
+alternating rounds: the client's wall time (median) and the proxy's peak RSS growth per run (median), side
+by side with their ratios, and the size of the record.
 """
 
 from __future__ import annotations
@@ -61,9 +66,9 @@ def start_stack(procs: list[subprocess.Popen[bytes]], tmp: Path, latency_ms: flo
 
 
 def start_proxy(procs: list[subprocess.Popen[bytes]], tmp: Path, mock: str, latency_ms: float,
-                env: dict[str, str] | None = None) -> str:
+                env: dict[str, str] | None = None, name: str = "") -> str:
     """The proxy in front of the mock at `mock`; its URL."""
-    config = tmp / f"proxy-{latency_ms}.yaml"
+    config = tmp / f"proxy-{latency_ms}{name}.yaml"
     config.write_text(json.dumps({
         "model_list": [{"model_name": "mock", "litellm_params": {
             "model": "openai/mock-model", "api_base": mock + "/v1", "api_key": "sk-anything"},
@@ -73,7 +78,7 @@ def start_proxy(procs: list[subprocess.Popen[bytes]], tmp: Path, mock: str, late
         "upstream": {"timeout_s": 120}}))
     port = free_port()
     serve = [*CLI, "serve", "--config", str(config), "--port", str(port), "--log-level", "warning"]
-    return start(procs, serve, port, "/readyz", tmp / f"proxy-{latency_ms}.log", env=env)
+    return start(procs, serve, port, "/readyz", tmp / f"proxy-{latency_ms}{name}.log", env=env)
 
 
 def rlm_request(proxy: str, prompt: str) -> tuple[float, dict[str, Any]]:
@@ -154,6 +159,42 @@ def peak_memory(proxy: str, pid: int) -> list[str]:
                f"{before // 1024} MB); bound 4x the prompt", growth, 4 * len(prompt), "MB", 1 / MB)
 
 
+def record_cost(tmp: Path, procs: list[subprocess.Popen[bytes]], rounds: int) -> list[list[str]]:
+    mock = start_mock(procs, tmp, 0)
+    proxies = {}
+    for name, enabled in (("recording", "true"), ("off", "false")):
+        url = start_proxy(procs, tmp, mock, 0, env={"RLM_PROXY_TRAJECTORIES__ENABLED": enabled}, name=name)
+        proxies[name] = (url, procs[-1].pid)
+    prompt = needle_prompt(10 * MB, NEEDLE_KEY, NEEDLE_VALUE)
+    walls: dict[str, list[float]] = {name: [] for name in proxies}
+    growths: dict[str, list[float]] = {name: [] for name in proxies}
+    for url, _ in proxies.values():
+        rlm_request(url, prompt)  # allocator, caches and workers warm
+    record_bytes = 0
+    for turn in range(rounds):
+        order = list(proxies) if turn % 2 == 0 else list(reversed(proxies))  # neither always goes first
+        for name in order:
+            url, pid = proxies[name]
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+            before = status_kb(pid, "VmRSS")
+            wall, body = rlm_request(url, prompt)
+            assert body["choices"][0]["message"]["content"] == NEEDLE_VALUE, body
+            growths[name].append((status_kb(pid, "VmHWM") - before) * 1024)
+            walls[name].append(wall)
+            if name == "recording":
+                record = httpx.get(f"{url}/v1/rlm/runs/{body['rlm']['run_id']}", timeout=30,
+                                   headers={"authorization": f"Bearer {KEY}"})
+                record.raise_for_status()
+                record_bytes = len(record.content)
+    on_wall, off_wall = statistics.median(walls["recording"]), statistics.median(walls["off"])
+    on_rss, off_rss = statistics.median(growths["recording"]), statistics.median(growths["off"])
+    return [["10 MB needle run, wall time (median)", f"{on_wall * 1e3:.0f} ms", f"{off_wall * 1e3:.0f} ms",
+             f"{on_wall / off_wall:.3f}"],
+            ["proxy peak RSS growth per run (median)", f"{on_rss / MB:.1f} MB", f"{off_rss / MB:.1f} MB",
+             f"{on_rss / off_rss:.3f}" if off_rss else "-"],
+            ["the run's record (GET /v1/rlm/runs/{id})", f"{record_bytes / 1024:.1f} KiB", "-", "-"]]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.rlm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -161,10 +202,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--blocks", type=int, default=500)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--record-cost", action="store_true", help="what recording a run costs (see above)")
     args = parser.parse_args(argv)
     procs: list[subprocess.Popen[bytes]] = []
     rows: list[list[str]] = []
     with tempfile.TemporaryDirectory(prefix="bench-rlm-") as tmp:
+        if args.record_cost:
+            try:
+                rows = record_cost(Path(tmp), procs, args.repeats)
+            finally:
+                for proc in reversed(procs):
+                    stop(proc)
+            show("A run's trajectory record: recording on and off, side by side",
+                 ["what", "recording", "off", "ratio"], rows)
+            if args.json:
+                args.json.write_text(json.dumps(rows, indent=2))
+            return 0
         try:
             slow = start_stack(procs, Path(tmp), args.latency_ms)
             rows += critical_path(slow, args.latency_ms / 1000, [MB, 4 * MB], args.repeats)

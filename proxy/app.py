@@ -24,6 +24,7 @@ from proxy.api import (
     models,
     prometheus,
     responses,
+    runs,
     spend,
 )
 from proxy.api.deps import Services
@@ -50,6 +51,8 @@ from proxy.response_store import ResponseStore
 from proxy.rlm.engine import RLMEngine
 from proxy.routing import ModeRouter
 from proxy.spend import SpendLedger
+from proxy.trajectories.recorder import Trajectories
+from proxy.trajectories.secrets import known_secrets
 from proxy.upstream import Upstream
 from sandbox import MIB, PoolLimits, SandboxLimits, SandboxPool, WorkerUser
 
@@ -84,6 +87,7 @@ def create_app(settings: Settings) -> FastAPI:
         admission=_admission(settings, metrics),
         limits=KeyLimits(settings.limits, settings.cache, metrics),
         spend=SpendLedger(settings.spend, settings.cache, metrics),
+        trajectories=Trajectories(settings.trajectories, settings.cache, known_secrets(settings)),
     )
 
     @asynccontextmanager
@@ -104,6 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
         await services.key_store.aclose()
         await services.limits.aclose()
         await services.spend.aclose()
+        await services.trajectories.aclose()
 
     app = FastAPI(title="rlm-proxy", version="0.1.0", lifespan=lifespan)
     app.state.services = services
@@ -115,6 +120,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(models.router)
     app.include_router(keys.router)
     app.include_router(spend.router)
+    app.include_router(runs.router)
     if settings.server.health_routes:
         app.include_router(health.router)
     if settings.server.metrics_route:

@@ -23,6 +23,7 @@ class Identity:
     # What the key and its team may do; None for the master key, `api_keys` and teams without limits.
     key: KeyEntry | None = field(default=None, compare=False)
     team_limits: TeamEntry | None = field(default=None, compare=False)
+    master: bool = False  # the master key: sees every key's runs
 
     def cache_scope(self, scope: CacheScope) -> str:
         """Whose cached calls this caller may reuse. A key without a team is a team of its own."""
@@ -47,8 +48,9 @@ class KeyChecker:
         identities += [self.identity_of(entry) for entry in settings.keys]
         self._master: bytes | None = None
         if settings.master_key is not None and settings.master_key.get_secret_value():
-            identities.append(_identity(key_hash(settings.master_key.get_secret_value()), "master"))
-            self._master = bytes.fromhex(identities[-1].key_hash)
+            master = key_hash(settings.master_key.get_secret_value())
+            identities.append(Identity(master, "master", master=True))
+            self._master = bytes.fromhex(master)
         self._identities = [(bytes.fromhex(identity.key_hash), identity) for identity in identities]
         self._store = store
 

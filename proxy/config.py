@@ -262,6 +262,27 @@ class ResponsesSettings(_Section):
     max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024, description="in-process store size")
 
 
+class TrajectorySettings(_Section):
+    """Records of RLM runs (GET /v1/rlm/runs): in the Redis of `cache.redis_url` when set (every replica
+    serves every run), else in a bounded in-process store; optionally also one JSONL file per run in `dir`."""
+
+    enabled: bool = True
+    ttl_s: int = Field(default=7 * 86_400, ge=60, description="how long a record is kept")
+    max_runs: int = Field(default=1000, ge=1, description="in-process store size, oldest out first")
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024, description="in-process store size")
+    # Sub-call prompts and answers, replies, code and outputs are cut to this many characters in a record.
+    max_text_chars: int = Field(default=10_000, ge=100, le=10_000_000)
+    store_context: bool = False  # keep the run's whole input, not only its shape
+    dir: Path | None = None
+
+    @field_validator("dir")
+    @classmethod
+    def _dir_is_writable(cls, value: Path | None) -> Path | None:
+        if value is not None and not (value.is_dir() and os.access(value, os.W_OK | os.X_OK)):
+            raise ValueError(f"'{value}' is not a writable directory")
+        return value
+
+
 class RLMSettings(_Section):
     """RLM mode. The limits are the defaults of every run and the caps a request's `rlm` object may lower."""
 
@@ -339,6 +360,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = CacheSettings()
     responses: ResponsesSettings = ResponsesSettings()
     rlm: RLMSettings = RLMSettings()
+    trajectories: TrajectorySettings = TrajectorySettings()
     sandbox: SandboxSettings = SandboxSettings()
     admission: AdmissionSettings = AdmissionSettings()
     spend: SpendSettings = SpendSettings()

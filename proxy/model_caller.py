@@ -42,7 +42,8 @@ class UpstreamCaller:
         value, hit = await self._cache.fetch(key, cache, produce)
         stored = orjson.loads(value)
         # JSON has no tuples: the calls come back as a list.
-        reply = replace(ModelReply(**stored), tool_calls=tuple(stored.get("tool_calls", ())), cached=hit)
+        reply = replace(ModelReply(**stored), tool_calls=tuple(stored.get("tool_calls", ())), cached=hit,
+                        cache_key=key)
         if hit and (metering := REQUEST_METERING.get()) is not None:
             metering.saved(model, reply.cost_usd)
         return reply

@@ -28,7 +28,14 @@ from typing import Any, TypeVar
 import orjson
 
 from sandbox.framing import FrameError, encode, raw_frame, read_frame, read_message
-from sandbox.interface import CallHandler, Isolation, SandboxLimits, SandboxUnavailableError, WorkerUser
+from sandbox.interface import (
+    CallHandler,
+    Isolation,
+    ProcessUsage,
+    SandboxLimits,
+    SandboxUnavailableError,
+    WorkerUser,
+)
 from sandbox.protocol import (
     BlockDone,
     LlmRequest,
@@ -43,6 +50,7 @@ from sandbox.protocol import (
 from sandbox.transfer import Transfers
 
 T = TypeVar("T")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 logger = logging.getLogger(__name__)
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent)
@@ -160,6 +168,20 @@ class WorkerProcess:
     @property
     def pid(self) -> int:
         return self._process.pid
+
+    def usage(self) -> ProcessUsage | None:
+        """Its CPU time and peak resident memory so far, read by the parent (the worker cannot misreport
+        them); None once it is gone."""
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_bytes()
+            status = Path(f"/proc/{self.pid}/status").read_bytes()
+        except OSError:
+            return None
+        # Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+        fields = stat.rsplit(b")", 1)[1].split()
+        peak = re.search(rb"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+        return ProcessUsage(cpu_s=(int(fields[11]) + int(fields[12])) / CLOCK_TICKS,
+                            peak_rss_bytes=int(peak.group(1)) * 1024 if peak else 0)
 
     @property
     def alive(self) -> bool:

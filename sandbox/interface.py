@@ -91,6 +91,12 @@ class FinalAnswer:
 
 
 @dataclass(frozen=True)
+class ProcessUsage:
+    cpu_s: float
+    peak_rss_bytes: int
+
+
+@dataclass(frozen=True)
 class ExecResult:
     """What running one block did.
 
@@ -108,6 +114,8 @@ class ExecResult:
     duration_s: float  # wall time of execute()
     worker_restarted: bool  # a fresh worker with the same context is loaded
     coverage: float  # fraction of the context's characters the code has read so far in this session
+    cpu_s: float | None = None  # the worker's CPU time for this block; None when the worker died
+    peak_rss_bytes: int | None = None  # the worker's peak resident memory so far (context included)
 
 
 class SandboxUnavailableError(RuntimeError):

@@ -62,6 +62,7 @@ class SandboxSession:
             fresh = worker is None or not worker.alive  # stopped by a cancelled execute or a failed lookup
             if worker is None or fresh:
                 worker = await self._replace_worker()
+            before = worker.usage()
             try:
                 done = await worker.execute(code, handler, self._transfers)
             except WorkerDied as death:
@@ -73,9 +74,12 @@ class SandboxSession:
             if done.reads is not None:
                 self._reads = done.reads
             output = STOPPED_NOTE + done.output if fresh else done.output
+            after = worker.usage()
             return ExecResult(outcome=done.outcome, output=output, final=done.final,  # type: ignore[arg-type]
                               duration_s=time.monotonic() - started, worker_restarted=fresh,
-                              coverage=self._coverage)
+                              coverage=self._coverage,
+                              cpu_s=None if before is None or after is None else after.cpu_s - before.cpu_s,
+                              peak_rss_bytes=None if after is None else after.peak_rss_bytes)
 
     async def resolve_variable(self, name: str) -> tuple[str | None, str | None]:
         """str() of a variable for FINAL_VAR on its own line, as (value, None); (None, why) when it cannot

@@ -22,6 +22,7 @@ from proxy.response_store import ResponseStore
 from proxy.rlm.engine import RLMEngine
 from proxy.routing import ModeRouter
 from proxy.spend import SpendLedger
+from proxy.trajectories.recorder import Trajectories
 from proxy.upstream import Upstream
 from sandbox import SandboxPool
 
@@ -45,6 +46,7 @@ class Services:
     admission: RunAdmission
     limits: KeyLimits
     spend: SpendLedger
+    trajectories: Trajectories
     ready: bool = False  # set once start-up work (imports, warm workers) is done
     warm_up_error: str | None = None
 

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from proxy.api.request import ChatRequest
 from proxy.api.rlm_tools import client_tools
@@ -28,6 +28,7 @@ from proxy.rlm.events import (
 from sandbox import SandboxUnavailableError
 
 HEARTBEAT = b": keepalive\n\n"
+T = TypeVar("T")
 ANSWER_DELTA_CHARS = 2000
 
 
@@ -181,9 +182,9 @@ def progress_line(event: Event) -> str | None:
     return None
 
 
-async def with_heartbeats(events: AsyncIterator[Event], interval_s: float) -> AsyncIterator[Event | None]:
+async def with_heartbeats(events: AsyncIterator[T], interval_s: float) -> AsyncIterator[T | None]:
     """The events, with None whenever `interval_s` passes without one (time to send a keep-alive)."""
-    pending: asyncio.Future[Event] | None = None
+    pending: asyncio.Future[T] | None = None
     try:
         while True:
             if pending is None:

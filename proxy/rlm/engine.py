@@ -22,8 +22,11 @@ from proxy.rlm import prompts
 from proxy.rlm.budget import Budget, Limit, RunLimits
 from proxy.rlm.events import (
     BlockExecuted,
+    BlockStarted,
     Event,
     IterationStarted,
+    ModelCall,
+    RootReplied,
     RunFinished,
     RunStats,
     SubcallsDispatched,
@@ -55,6 +58,13 @@ class ModelReply:
     cached: bool = False  # served from the cache: tokens and cost were consumed before, not now
     # Calls of the client's tools, in Chat Completions form (only root calls offer tools).
     tool_calls: tuple[dict[str, Any], ...] = ()
+    cache_key: str = ""  # the call's key in the cache, "" when it did not go through the cache
+
+    def as_call(self, model: str, prompt_chars: int, duration_s: float, prompt: str = "") -> ModelCall:
+        return ModelCall(model=model, prompt_chars=prompt_chars, text=self.text, error=None,
+                         prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+                         cost_usd=self.cost_usd, cached=self.cached, duration_s=duration_s,
+                         cache_key=self.cache_key, prompt=prompt)
 
 
 @dataclass(frozen=True)
@@ -197,7 +207,8 @@ class RLMEngine:
                 stopped = "timeout_s"
             try:
                 async with asyncio.timeout(self._settings.final_answer_timeout_s):
-                    return _Answer(await self._final_request(run, conversation, session, stopped)), stopped
+                    final = await self._final_request(run, conversation, session, stopped, depth)
+                    return _Answer(final), stopped
             except TimeoutError:
                 raise FinalAnswerTimeout(stopped, self._settings.final_answer_timeout_s) from None
         finally:
@@ -212,9 +223,11 @@ class RLMEngine:
         for iteration in range(1, limits.max_iterations + 1):
             if run.budget.exhausted:
                 return None
-            run.emit(IterationStarted(iteration=iteration, depth=depth))
+            messages = conversation.messages()
+            run.emit(IterationStarted(iteration=iteration, depth=depth,
+                                      prompt_chars=sum(len(m["content"]) for m in messages)))
             run.stats.iterations += 1
-            reply = await self._root_call(run, conversation.messages(), tools)
+            reply = await self._root_call(run, messages, tools, iteration, depth)
             conversation.add("assistant", reply.text)
             parsed = parse_reply(reply.text)
             if reply.tool_calls and not parsed.code_blocks:
@@ -225,10 +238,13 @@ class RLMEngine:
             if reply.tool_calls:  # its arguments could not depend on output it had not seen: not sent
                 notes.append(prompts.note_tool_calls_before_output(reply.tool_calls))
             for number, code in enumerate(parsed.code_blocks, 1):
+                run.emit(BlockStarted(iteration=iteration, block=number, depth=depth, code=code))
                 result = await session.execute(code, handler)
                 run.stats.blocks += 1
                 run.emit(BlockExecuted(iteration=iteration, block=number, depth=depth, outcome=result.outcome,
-                                       duration_s=result.duration_s, output_chars=len(result.output)))
+                                       duration_s=result.duration_s, output_chars=len(result.output),
+                                       output=result.output, coverage=result.coverage, cpu_s=result.cpu_s,
+                                       peak_rss_bytes=result.peak_rss_bytes))
                 reports.append(prompts.BlockReport(result.outcome, result.output))
                 if result.final is not None:
                     answer = result.final.text
@@ -260,10 +276,11 @@ class RLMEngine:
         return None
 
     async def _final_request(self, run: _Run, conversation: _Conversation, session: SandboxSession,
-                             limit: Limit) -> str:
+                             limit: Limit, depth: int) -> str:
         conversation.add("user", prompts.FINAL_REQUEST.format(limit=limit))
         # Without tools: a run stopped by a limit ends in its best text answer, never in a tool call.
-        reply = (await self._root_call(run, conversation.messages(), None)).text
+        reply = (await self._root_call(run, conversation.messages(), None, conversation.replies, depth,
+                                       final=True)).text
         parsed = parse_reply(reply)
         if parsed.final_variable is not None:
             value, _ = await session.resolve_variable(parsed.final_variable)
@@ -273,29 +290,38 @@ class RLMEngine:
             return parsed.final_answer
         return answer_without_protocol(reply)
 
-    async def _root_call(self, run: _Run, messages: list[dict[str, str]],
-                         tools: ClientTools | None) -> ModelReply:
+    async def _root_call(self, run: _Run, messages: list[dict[str, str]], tools: ClientTools | None,
+                         iteration: int, depth: int, final: bool = False) -> ModelReply:
         params = {k: run.request.root_params[k] for k in ROOT_PARAMS if k in run.request.root_params}
         if tools is not None:
             params |= tools.params()
+        started = time.monotonic()
         reply = await self._caller.complete(run.request.root_model, messages, params, run.request.cache)
         run.stats.record(reply)
         run.budget.spend(0.0 if reply.cached else reply.cost_usd)
+        call = reply.as_call(run.request.root_model, sum(len(m["content"]) for m in messages),
+                             time.monotonic() - started)
+        run.emit(RootReplied(iteration=iteration, depth=depth, call=call, final=final))
         return reply
 
-    async def subcall(self, run: _Run, model: str, prompt: str, reserved_usd: float) -> str:
+    async def subcall(self, run: _Run, model: str, prompt: str, reserved_usd: float) -> ModelCall:
+        """The call as made; its `text` is what the code gets (an "Error: ..." string when it failed)."""
         async with run.subcalls:
+            started = time.monotonic()
             try:
                 reply = await self._caller.complete(model, [{"role": "user", "content": prompt}], {},
                                                     run.request.cache)
             except Exception as error:  # the model's code gets a string, never an exception
                 run.budget.settle(reserved_usd, 0.0)
                 run.stats.subcall_errors += 1
-                return f"Error: {error}"
+                return ModelCall(model=model, prompt_chars=len(prompt), text=f"Error: {error}",
+                                 error=str(error), prompt_tokens=0, completion_tokens=0, cost_usd=0.0,
+                                 cached=False, duration_s=time.monotonic() - started,
+                                 cache_key="", prompt=prompt)
         run.stats.record(reply)
         run.stats.cached_subcalls += reply.cached
         run.budget.settle(reserved_usd, 0.0 if reply.cached else reply.cost_usd)
-        return reply.text
+        return reply.as_call(model, len(prompt), time.monotonic() - started, prompt)
 
     async def nested_run(self, run: _Run, prompt: str, context: NestedContext, depth: int) -> str:
         if context is None:
@@ -347,13 +373,13 @@ class _SubcallHandler:
         if chosen:
             run.emit(SubcallsDispatched(count=len(chosen), depth=self._depth))
             started = time.monotonic()
-            answers = await asyncio.gather(*(self._engine.subcall(run, target, prompts_[i], reserved_each)
-                                             for i in chosen))
-            for index, answer in zip(chosen, answers, strict=True):
-                results[index] = answer
+            calls = await asyncio.gather(*(self._engine.subcall(run, target, prompts_[i], reserved_each)
+                                           for i in chosen))
+            for index, call in zip(chosen, calls, strict=True):
+                results[index] = call.text
             run.emit(SubcallsFinished(count=len(chosen), depth=self._depth,
-                                      errors=sum(a.startswith("Error:") for a in answers),
-                                      duration_s=time.monotonic() - started))
+                                      errors=sum(call.error is not None for call in calls),
+                                      duration_s=time.monotonic() - started, calls=tuple(calls)))
         return results
 
     async def rlm_query(self, prompt: str, context: NestedContext) -> str:
@@ -383,6 +409,11 @@ class _Conversation:
 
     def add(self, role: str, content: str) -> None:
         self._messages.append({"role": role, "content": content})
+
+    @property
+    def replies(self) -> int:
+        """The root model's replies so far: the number of the last iteration."""
+        return sum(message["role"] == "assistant" for message in self._messages)
 
     def messages(self) -> list[dict[str, str]]:
         if self._limit is not None:

@@ -41,6 +41,40 @@ class RunStats:
 class IterationStarted:
     iteration: int
     depth: int
+    prompt_chars: int = 0  # what the root model is sent this time, the conversation so far
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """One call to a model as the run made it: enough to show it and to find it in the cache again."""
+
+    model: str
+    prompt_chars: int
+    text: str  # the answer; empty when the call failed
+    error: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    cached: bool
+    duration_s: float
+    cache_key: str  # "" when the call did not go through the cache
+    prompt: str = ""  # sub-calls only: a root call's prompt is the conversation, told by the other events
+
+
+@dataclass(frozen=True)
+class RootReplied:
+    iteration: int
+    depth: int
+    call: ModelCall
+    final: bool = False  # the answer asked for after a limit stopped the loop
+
+
+@dataclass(frozen=True)
+class BlockStarted:
+    iteration: int
+    block: int
+    depth: int
+    code: str
 
 
 @dataclass(frozen=True)
@@ -51,6 +85,10 @@ class BlockExecuted:
     outcome: str  # ok / error / timeout / killed
     duration_s: float
     output_chars: int
+    output: str = ""  # as the root model is shown it
+    coverage: float = 0.0  # of this depth's `context`, read so far
+    cpu_s: float | None = None  # the worker's, None when it died
+    peak_rss_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +103,7 @@ class SubcallsFinished:
     depth: int
     errors: int
     duration_s: float
+    calls: tuple[ModelCall, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -79,4 +118,5 @@ class RunFinished:
     tool_calls: tuple[dict[str, Any], ...] = ()
 
 
-Event = IterationStarted | BlockExecuted | SubcallsDispatched | SubcallsFinished | RunFinished
+Event = (IterationStarted | RootReplied | BlockStarted | BlockExecuted | SubcallsDispatched | SubcallsFinished
+         | RunFinished)

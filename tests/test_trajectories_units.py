@@ -1,0 +1,114 @@
+"""The pieces of trajectory records on their own: the in-process store's bounds, the timeline built from
+events, cutting texts, and finding and redacting secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from proxy.config import Settings
+from proxy.trajectories.record import cut, timeline
+from proxy.trajectories.secrets import REDACTED, Redactor, known_secrets
+from proxy.trajectories.store import MemoryRuns
+
+
+def summary(run_id: str, started_at: float | None = None) -> dict[str, Any]:
+    return {"id": run_id, "started_at": time.time() if started_at is None else started_at}
+
+
+def stored(runs: MemoryRuns) -> list[str]:
+    async def collect() -> list[str]:
+        return [s["id"] async for s in runs.newest_first(None)]
+    return asyncio.run(collect())
+
+
+def test_memory_runs_drop_the_oldest_first_by_count() -> None:
+    runs = MemoryRuns(max_bytes=10**9, max_runs=3, ttl_s=3600)
+    for run_id in "abcd":
+        asyncio.run(runs.save(summary(run_id), b"{}"))
+    assert stored(runs) == ["d", "c", "b"]
+    asyncio.run(runs.save(summary("b"), b'{"status":"finished"}'))  # saved again: keeps its place
+    asyncio.run(runs.save(summary("e"), b"{}"))
+    assert stored(runs) == ["e", "d", "c"]
+
+
+def test_memory_runs_drop_the_oldest_first_by_bytes() -> None:
+    runs = MemoryRuns(max_bytes=3 * 1500, max_runs=100, ttl_s=3600)
+    for run_id in "abcd":
+        asyncio.run(runs.save(summary(run_id), b"x" * 1000))
+    assert stored(runs) == ["d", "c", "b"]
+    assert runs.bytes_used <= 3 * 1500
+    asyncio.run(runs.delete("c"))
+    assert stored(runs) == ["d", "b"]
+
+
+def test_memory_runs_expire_and_page() -> None:
+    runs = MemoryRuns(max_bytes=10**9, max_runs=100, ttl_s=60)
+    asyncio.run(runs.save(summary("old", time.time() - 120), b"{}"))
+    for run_id in "abc":
+        asyncio.run(runs.save(summary(run_id), b"{}"))
+    assert asyncio.run(runs.load("old")) is None
+    assert stored(runs) == ["c", "b", "a"]
+
+    async def after(run_id: str) -> list[str]:
+        return [s["id"] async for s in runs.newest_first(run_id)]
+    assert asyncio.run(after("b")) == ["a"]
+
+
+def test_cut_keeps_short_texts_and_says_what_it_left_out() -> None:
+    assert cut("hello", 5) == "hello"
+    assert cut("hello world", 5) == "hello… [6 more characters]"
+
+
+def test_timeline_places_nested_iterations_and_subcalls_under_their_block() -> None:
+    call = {"model": "m", "text": "a"}
+    events = [
+        {"type": "iteration_started", "depth": 1, "iteration": 1, "prompt_chars": 10},
+        {"type": "root_replied", "depth": 1, "iteration": 1, "final": False, "call": call},
+        {"type": "block_started", "depth": 1, "iteration": 1, "block": 1, "code": "x"},
+        {"type": "subcalls_finished", "depth": 1, "count": 1, "errors": 0, "duration_s": 0.1,
+         "calls": [call]},
+        {"type": "iteration_started", "depth": 2, "iteration": 1, "prompt_chars": 5},
+        {"type": "root_replied", "depth": 2, "iteration": 1, "final": False, "call": call},
+        {"type": "block_executed", "depth": 1, "iteration": 1, "block": 1, "outcome": "ok", "output": "o",
+         "duration_s": 0.2, "coverage": 0.5, "output_chars": 1, "cpu_s": 0.1, "peak_rss_bytes": 10},
+        {"type": "root_replied", "depth": 1, "iteration": 1, "final": True, "call": call},
+    ]
+    for seq, event in enumerate(events):
+        event |= {"seq": seq, "t": seq / 10}
+    view = timeline(events)
+    top, nested = view["iterations"]
+    assert top["reply"] == call and top["final_reply"] == call
+    assert top["blocks"][0]["subcalls"] == [call] and top["blocks"][0]["outcome"] == "ok"
+    assert nested["depth"] == 2 and nested["parent"] == {"iteration": 1, "block": 1}
+    assert view["coverage"] == [[0.6, 0.5]]
+
+
+def test_known_secrets_are_every_key_and_provider_credential() -> None:
+    settings = Settings(
+        server={"master_key": "sk-master-123456", "api_keys": ["sk-client-123456"],
+                "keys": [{"key": "sk-entry-123456", "alias": "a"}, {"key_hash": "0" * 64}]},
+        model_list=[{"model_name": "m", "litellm_params": {
+            "model": "openai/x", "api_key": "sk-provider-123456", "api_base": "http://h:1/v1",
+            "aws_secret_access_key": "aws-secret-123456"}}])
+    assert set(known_secrets(settings)) == {"sk-master-123456", "sk-client-123456", "sk-entry-123456",
+                                            "sk-provider-123456", "aws-secret-123456"}
+
+
+@pytest.mark.parametrize("secret", ["sk-master-123456", "sk-provider-123456"])
+def test_redactor_removes_secrets_from_encoded_records(secret: str) -> None:
+    redact = Redactor([secret, "short"])
+    data = orjson.dumps({"output": f"the key is {secret}!", "x": "short"})
+    assert secret.encode() not in redact(data)
+    assert REDACTED in redact(data)
+    assert orjson.loads(redact(data))["x"] == "[redacted]"
+
+
+def test_the_records_directory_must_be_writable(tmp_path: Any) -> None:
+    assert Settings(trajectories={"dir": str(tmp_path)}).trajectories.dir == tmp_path
+    with pytest.raises(ValueError, match="not a writable directory"):
+        Settings(trajectories={"dir": str(tmp_path / "missing")})
