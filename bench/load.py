@@ -1,10 +1,12 @@
 """Load: concurrent RLM runs on 1 MB prompts while /livez is probed, and the proxy's memory around them.
 
-    .venv/bin/python -m bench.load [--concurrency 50] [--size-mb 1] [--rounds 1] [--latency-ms 100]
-                                   [--settle-s 5] [--compare-release-memory] [--json out.json]
+    .venv/bin/python -m bench.load [--concurrency 50] [--size-mb 1] [--keys 5] [--rounds 1]
+                                   [--latency-ms 100] [--settle-s 5] [--compare-release-memory] [--json out]
 
 Each round sends `--concurrency` RLM needle runs at once (every prompt differs, so the cache serves none of
-them and stores all of them), while one thread probes `/livez` every 100 ms and another samples memory.
+them and stores all of them), in turn from `--keys` client keys (admission control shares its slots fairly
+between them; past its queue a run gets a clear 503), while one thread probes `/livez` every 100 ms and
+another samples memory.
 Printed against their targets:
 
 - answers: every request gets exactly one answer (the right one) or one clear error, never nothing;
@@ -39,7 +41,7 @@ from pathlib import Path
 import httpx
 
 from bench.passthrough import KEY, run, show, stop
-from bench.rlm import MB, start_stack, status_kb
+from bench.rlm import MB, start_mock, start_proxy, status_kb
 from proxy.mock_policy import needle_prompt
 
 PROBE_INTERVAL_S = 0.1
@@ -162,14 +164,15 @@ class Target:
     livez_failures: int = 0
 
 
-async def one_run(client: httpx.AsyncClient, size: int, tag: str) -> str:
+async def one_run(client: httpx.AsyncClient, size: int, tag: str, key: str) -> str:
     """What the request got: "answered", "wrong answer", "<status> <code>", or "no answer: <why>"."""
     digest = zlib.crc32(tag.encode())
     value = str(digest % 10**7)
     prompt = needle_prompt(size, tag, value, depth=(digest % 90 + 5) / 100)
     try:
-        response = await client.post("/v1/chat/completions", json={
-            "model": "mock", "messages": [{"role": "user", "content": prompt}]})
+        body = {"model": "mock", "messages": [{"role": "user", "content": prompt}]}
+        response = await client.post("/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                                     json=body)
     except httpx.HTTPError as error:
         return f"no answer: {type(error).__name__}"
     if response.status_code != 200:
@@ -181,11 +184,16 @@ async def one_run(client: httpx.AsyncClient, size: int, tag: str) -> str:
     return ANSWERED if response.json()["choices"][0]["message"]["content"] == value else "wrong answer"
 
 
-async def burst(url: str, concurrency: int, size: int, tag: str) -> Counter[str]:
+def client_keys(count: int) -> list[str]:
+    """The keys the runs are sent with, in turn: the master key alone, or `count` keys of their own."""
+    return [KEY] if count <= 1 else [f"sk-load-{number}" for number in range(count)]
+
+
+async def burst(url: str, concurrency: int, size: int, tag: str, keys: list[str]) -> Counter[str]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
-    headers = {"authorization": f"Bearer {KEY}", "x-rlm-mode": "on"}
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=900, limits=limits) as client:
-        runs = (one_run(client, size, f"{tag}-{i}") for i in range(concurrency))
+    async with httpx.AsyncClient(base_url=url, headers={"x-rlm-mode": "on"}, timeout=900,
+                                 limits=limits) as client:
+        runs = (one_run(client, size, f"{tag}-{i}", keys[i % len(keys)]) for i in range(concurrency))
         return Counter(await asyncio.gather(*runs))
 
 
@@ -195,7 +203,8 @@ def measure_round(target: Target, args: argparse.Namespace, number: int) -> None
     probe.start()
     sampler.start()
     began = time.perf_counter()
-    outcomes = run(burst(target.url, args.concurrency, int(args.size_mb * MB), f"load-{number}"))
+    outcomes = run(burst(target.url, args.concurrency, int(args.size_mb * MB), f"load-{number}",
+                         client_keys(args.keys)))
     wall = time.perf_counter() - began
     sampler.stop()
     peak_kb = status_kb(target.pid, "VmHWM")
@@ -208,7 +217,7 @@ def measure_round(target: Target, args: argparse.Namespace, number: int) -> None
 
 
 def warm_up(target: Target, args: argparse.Namespace) -> None:
-    run(burst(target.url, 2, MB // 4, "warm-up"))  # imports and code paths warm
+    run(burst(target.url, 2, MB // 4, "warm-up", client_keys(args.keys)))  # imports and code paths warm
     time.sleep(args.settle_s)
     target.before_kb, target.tree_before_kb = status_kb(target.pid, "VmRSS"), tree_pss_kb(target.pid)[0]
 
@@ -270,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="bursts, one after the other")
     parser.add_argument("--latency-ms", type=float, default=100.0, help="the mock model's latency per call")
     parser.add_argument("--settle-s", type=float, default=5.0, help="idle time before the 'after' figures")
+    parser.add_argument("--keys", type=int, default=1, help="client keys the runs are sent with, in turn")
     parser.add_argument("--compare-release-memory", action="store_true",
                         help="also run a proxy with server.release_memory: false")
     parser.add_argument("--json", type=Path)
@@ -284,7 +294,10 @@ def main(argv: list[str] | None = None) -> int:
             for number, (name, env) in enumerate(variants.items()):
                 workdir = Path(tmp, str(number))
                 workdir.mkdir()
-                url = start_stack(procs, workdir, args.latency_ms, env)
+                keys = [{"key": key, "alias": key.removeprefix("sk-")} for key in client_keys(args.keys)
+                        if key != KEY]
+                mock = start_mock(procs, workdir, args.latency_ms)
+                url = start_proxy(procs, workdir, mock, args.latency_ms, env, server={"keys": keys})
                 targets.append(Target(name, url, procs[-1].pid))
             for target in targets:
                 warm_up(target, args)
@@ -295,8 +308,9 @@ def main(argv: list[str] | None = None) -> int:
             for proc in reversed(procs):
                 stop(proc)
     rows = report(args, targets)
-    show(f"Load: {args.rounds} x {args.concurrency} concurrent RLM runs of {args.size_mb:g} MB, mock latency "
-         f"{args.latency_ms:g} ms", ["what", *(t.name for t in targets), "target", "met"], rows)
+    show(f"Load: {args.rounds} x {args.concurrency} concurrent RLM runs of {args.size_mb:g} MB from "
+         f"{max(1, args.keys)} key(s), mock latency {args.latency_ms:g} ms",
+         ["what", *(t.name for t in targets), "target", "met"], rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

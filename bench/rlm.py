@@ -66,14 +66,15 @@ def start_stack(procs: list[subprocess.Popen[bytes]], tmp: Path, latency_ms: flo
 
 
 def start_proxy(procs: list[subprocess.Popen[bytes]], tmp: Path, mock: str, latency_ms: float,
-                env: dict[str, str] | None = None, name: str = "") -> str:
-    """The proxy in front of the mock at `mock`; its URL."""
+                env: dict[str, str] | None = None, name: str = "",
+                server: dict[str, Any] | None = None) -> str:
+    """The proxy in front of the mock at `mock` (`server`: more of its server settings); its URL."""
     config = tmp / f"proxy-{latency_ms}{name}.yaml"
     config.write_text(json.dumps({
         "model_list": [{"model_name": "mock", "litellm_params": {
             "model": "openai/mock-model", "api_base": mock + "/v1", "api_key": "sk-anything"},
             "model_info": {"max_input_tokens": WINDOW_TOKENS}}],
-        "server": {"master_key": KEY},
+        "server": {"master_key": KEY, **(server or {})},
         "rlm": {"subcall_concurrency": 64},
         "upstream": {"timeout_s": 120}}))
     port = free_port()
