@@ -4,17 +4,17 @@
 
 Both run against one mock model server (`rlm-proxy mock-upstream`) at a fixed latency per call, which plays
 the root and the sub-model for both (it reads each one's prompts and answers in each one's protocol:
-proxy/mock_policy.py), on the same tasks: needles of 1, 4 and 10 MB and a word count, with the same
-sub-call concurrency (64). Rounds alternate between the systems. A run's critical path is the model latency
-it cannot avoid: a root reply with code, one wave of concurrent sub-calls, a root reply with the answer, so
-3 calls. Printed per latency, task and system: successes, median wall time, wall / critical path, and peak
-RSS (rlm-proxy: its server process and live sandbox workers; rlms: its whole process, which runs the
-REPL in process). rlm-proxy's wall time is the client's, from the first byte sent (the prompt travels over
-HTTP); rlms' is the `completion()` call alone.
+proxy/mock_policy.py), on the same tasks: needles of 1, 4 and 10 MB and a word count, with the same sub-call
+concurrency (64). Rounds alternate between the systems. A run's critical path is the model latency it cannot
+avoid: a root reply with code, its sub-calls in waves of 64 (one wave up to 64 chunks of ~100 KB, two for a
+10 MB needle), a root reply with the answer. Printed per latency, task and system: successes, median wall
+time, wall / critical path, and peak RSS (rlm-proxy: its server process and live sandbox workers; rlms: its
+whole process, which runs the REPL in process). rlm-proxy's wall time is the client's, from the first byte
+sent (the prompt travels over HTTP); rlms' is the `completion()` call alone.
 
-`rlms` (pinned below) is installed from PyPI into its own virtualenv under .cache/peers on first use.
-DSPy's RLM (`dspy.RLM`) is not included: it runs the model's code in Deno with Pyodide, which it fetches
-from the network at run time; not tried offline here.
+`rlms` (pinned below) is installed from PyPI into its own virtualenv under .cache/peers on first use. DSPy's
+RLM (`dspy.RLM`) is not included: it runs the model's code in Deno with Pyodide, which it fetches from the
+network at run time; not tried offline here.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -58,6 +59,7 @@ class Result:
     successes: int = 0
     runs: int = 0
     peak_mb: float = 0.0
+    subcalls: int = 0  # of the task, as rlm-proxy counted them (both systems run the same script)
 
 
 def rlms_python() -> Path:
@@ -147,6 +149,7 @@ def measure(latency_ms: float, all_tasks: list[Task], rounds: int, tmp: Path) ->
                         wall, body = rlm_request(proxy, task.prompt)
                         answer = body["choices"][0]["message"]["content"]
                         result.peak_mb = tree_peak_mb(proxy_pid)
+                        result.subcalls = body["rlm"]["subcalls"]
                     else:
                         done = runner.run(task)
                         wall, answer, result.peak_mb = done["wall_s"], done["answer"], done["peak_mb"]
@@ -161,14 +164,21 @@ def measure(latency_ms: float, all_tasks: list[Task], rounds: int, tmp: Path) ->
     return results
 
 
+def critical_calls(subcalls: int) -> int:
+    """Model calls one after the other at best: a root reply with code, the sub-calls in waves of
+    SUBCALL_CONCURRENCY, a root reply with the answer."""
+    return 2 + math.ceil(subcalls / SUBCALL_CONCURRENCY)
+
+
 def rows_for(latency_ms: float, results: dict[str, dict[str, Result]]) -> list[list[str]]:
-    critical = 3 * latency_ms / 1000
     rows = []
     for task, systems in results.items():
+        calls = critical_calls(systems[PROXY].subcalls)
         for system, result in systems.items():
             wall = statistics.median(result.walls)
             rows.append([f"{latency_ms:.0f} ms", task, system, f"{result.successes}/{result.runs}",
-                         f"{wall * 1000:.0f} ms", f"{wall / critical:.2f}", f"{result.peak_mb:.0f} MB"])
+                         f"{wall * 1000:.0f} ms", f"{wall / (calls * latency_ms / 1000):.2f} ({calls} calls)",
+                         f"{result.peak_mb:.0f} MB"])
     return rows
 
 
@@ -185,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
         for latency_ms in args.latencies_ms:
             rows += rows_for(latency_ms, measure(latency_ms, all_tasks, args.rounds, Path(tmp)))
-    show("RLM implementations on the same scripted model (critical path: 3 model calls)",
+    show("RLM implementations on the same scripted model (critical path: root, sub-call waves, root)",
          ["latency", "task", "system", "ok", "wall p50", "wall / critical path", "peak RSS"], rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -482,3 +482,24 @@ def test_mock_legacy_completion_streams_text_chunks(shared_mock: _RunningMock) -
     assert "".join(c.choices[0].text for c in chunks if c.choices) == "mock reply: hi"
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert all(c.object == "text_completion" for c in chunks)
+
+
+def test_the_scripted_root_speaks_the_rlms_librarys_protocol_too() -> None:
+    """bench.peers runs the official `rlms` library against the mock: its root prompt and question, and an
+    answer submitted from code (`answer["ready"] = True`) instead of FINAL(...)."""
+    def message(role: str, text: str) -> mock_policy.Message:
+        return mock_policy.Message(role, text)
+
+    question = "What is the special magic number for k mentioned in the provided text?"
+    start = [message("system", mock_policy.RLMS_ROOT_MARKER + ". `llm_query(prompt)` and friends ..."),
+             message("user", f"Answer the following: {question}\n\nYour context is a str of 500 total "
+                             "characters."),
+             message("user", "Turn 1/30:")]
+    code = mock_policy.reply(start)
+    assert isinstance(code, str) and "```repl" in code and "llm_query_batched" in code
+    searched = [*start, message("assistant", code), message("user", "chunks=1 found=['4242']"),
+                message("user", "Turn 2/30:")]
+    assert mock_policy.reply(searched) == '```repl\nanswer["content"] = \'4242\'\nanswer["ready"] = True\n```'
+    count = [start[0], message("user", "Answer the following: How many times does the word 'x' appear?"),
+             message("assistant", "```repl\n...\n```"), message("user", "total=3")]
+    assert mock_policy.reply(count) == '```repl\nanswer["content"] = str(total)\nanswer["ready"] = True\n```'
