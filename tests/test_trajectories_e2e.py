@@ -267,6 +267,18 @@ def test_secrets_never_appear_in_records(proxy: Server, records_dir: Path) -> No
     assert "[redacted]" in seen[0] and "[redacted]" in seen[3]
 
 
+def test_a_key_made_through_the_admin_api_never_appears_in_its_records(proxy: Server) -> None:
+    """Such a key is stored by hash only: the request that presents it is what tells the recorder."""
+    made = api(proxy, "POST", "/key/generate", json={"key_alias": "made-at-run-time"}).json()["key"]
+    code = f"print({made!r})\n"
+    _, run_id = create(proxy, exec_prompt(code, f" {made}"), key=made)
+    record = finished(proxy, run_id, made)
+    seen = [json.dumps(record), json.dumps(list(sse_events(proxy, run_id, made))),
+            api(proxy, "GET", "/v1/rlm/runs", made).text]
+    assert all(made not in text for text in seen)
+    assert "[redacted]" in seen[0]
+
+
 def test_unknown_runs_get_openai_errors(proxy: Server) -> None:
     response = api(proxy, "GET", "/v1/rlm/runs/nope")
     assert response.status_code == 404 and response.json()["error"]["code"] == "run_not_found"

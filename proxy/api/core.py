@@ -81,7 +81,8 @@ async def route(request: Request, services: Services, identity: Identity,
         # A bad sub-model would turn every sub-call into an error string: refuse the request instead.
         services.registry.resolve(run.sub_model, param="rlm.sub_model")
         events = services.trajectories.recorded(
-            observed(as_proxy_errors(services.engine.run(run)), services.metrics, run), run, identity)
+            observed(as_proxy_errors(services.engine.run(run)), services.metrics, run), run, identity,
+            presented_keys(request))
         admitted = _admitted(services.admission, identity.key_hash, events)
         # Waits for a slot before any response starts, so that a refusal is a plain 503.
         await until_disconnect(request.receive, anext(admitted))
@@ -89,6 +90,13 @@ async def route(request: Request, services: Services, identity: Identity,
     if decision.model != chat.model:
         chat.body["model"] = decision.model
     return Direct(group, chat)
+
+
+def presented_keys(request: Request) -> tuple[str, ...]:
+    """The keys the request came with (a bearer token, Anthropic's x-api-key), as sent."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    found = [token.strip()] if scheme.lower() == "bearer" else []
+    return tuple(key for key in (*found, request.headers.get("x-api-key", "").strip()) if key)
 
 
 async def _admitted(admission: RunAdmission, key: str, events: AsyncIterator[Event]

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from proxy.errors import ProxyError
 from proxy.rlm.engine import RunRequest
 from proxy.rlm.events import Event, RunFinished
 from proxy.trajectories.record import TERMINAL_EVENTS, event_dict, header, input_shape, timeline
-from proxy.trajectories.secrets import Redactor
+from proxy.trajectories.secrets import MIN_SECRET_CHARS, Redactor
 from proxy.trajectories.store import run_store
 
 log = logging.getLogger("rlm_proxy")
@@ -96,21 +96,29 @@ class Trajectories:
         self._live: dict[str, LiveRun] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def recorded(self, events: AsyncIterator[Event], run: RunRequest,
-                 identity: Identity) -> AsyncIterator[Event]:
-        """The run's events, recorded as they pass (unchanged when recording is off)."""
-        return self._recording(events, run, identity) if self._settings.enabled else events
+    def recorded(self, events: AsyncIterator[Event], run: RunRequest, identity: Identity,
+                 caller_keys: Sequence[str] = ()) -> AsyncIterator[Event]:
+        """The run's events, recorded as they pass (unchanged when recording is off). `caller_keys`, what the
+        request came with, are redacted from this run's record too: keys made through the admin API are
+        known only by their hash, so only the request that presents one can tell what to hide."""
+        return self._recording(events, run, identity, caller_keys) if self._settings.enabled else events
 
-    async def _recording(self, events: AsyncIterator[Event], run: RunRequest,
-                         identity: Identity) -> AsyncIterator[Event]:
+    async def _recording(self, events: AsyncIterator[Event], run: RunRequest, identity: Identity,
+                         caller_keys: Sequence[str]) -> AsyncIterator[Event]:
         limit = self._settings.max_text_chars
-        live = LiveRun(identity.key_hash, header(run, identity.alias, time.time(),
-                                                 input_shape(run, self._settings.store_context)))
+        secrets = sorted((key for key in caller_keys if len(key) >= MIN_SECRET_CHARS), key=len, reverse=True)
+        own = Redactor(secrets) if secrets else None
+
+        def hidden(value: dict[str, Any]) -> dict[str, Any]:
+            return value if own is None else orjson.loads(own(orjson.dumps(value)))
+
+        live = LiveRun(identity.key_hash, hidden(header(run, identity.alias, time.time(),
+                                                        input_shape(run, self._settings.store_context))))
         self._live[run.run_id] = live
         self._save(live)
         try:
             async for event in events:
-                recorded = event_dict(event, limit)
+                recorded = hidden(event_dict(event, limit))
                 if isinstance(event, RunFinished):
                     live.end("finished", recorded, **{k: recorded[k] for k in (
                         "answer", "finish_reason", "stopped", "totals")})
