@@ -253,17 +253,18 @@ class Cache:
             return await self._produced(key, policy, produce), False
         claim, owner = key + CLAIM_SUFFIX, uuid.uuid4().hex
         deadline = time.monotonic() + self._settings.shared_flight_wait_s
-        pause = FIRST_POLL_S
+        pause, claimed = FIRST_POLL_S, False
         try:
-            while not await claims.claim(claim, owner, self._settings.shared_flight_lock_s):
+            while not (claimed := await claims.claim(claim, owner, self._settings.shared_flight_lock_s)):
                 if (value := await self._store.get(key)) is not None:
                     return value, True
                 if time.monotonic() >= deadline:
-                    return await self._produced(key, policy, produce), False
+                    break
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, LAST_POLL_S)
-        except Exception as error:  # Redis failing: call, as without it
+        except Exception as error:
             self._failed("claim", error)
+        if not claimed:  # Redis failing, or the wait ran out: call, as without a claim
             return await self._produced(key, policy, produce), False
         try:
             # The holder may have finished between the last poll and this claim.

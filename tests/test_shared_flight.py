@@ -107,6 +107,17 @@ async def test_a_wait_has_a_bound(redis_server: Redis, key: str) -> None:
     await impatient.aclose()
 
 
+async def test_a_call_failing_after_the_wait_fails_once(redis_server: Redis, key: str) -> None:
+    """Its error is the upstream's: not taken for a Redis failure, and the call is not made again."""
+    redis.Redis.from_url(redis_server.url).set(key + CLAIM_SUFFIX, "a-stuck-replica", px=60_000)
+    impatient = replica(redis_server, shared_flight_wait_s=0.1)
+    failing = Producer(0.01, fail=True)
+    with pytest.raises(RuntimeError):
+        await impatient.fetch(key, POLICY, failing)
+    assert failing.calls == 1
+    await impatient.aclose()
+
+
 async def test_without_redis_the_call_is_made(key: str) -> None:
     gone = Cache(CacheSettings(redis_url="redis://127.0.0.1:1/0", redis_timeout_s=0.2),
                  on_lookup=lambda result: None)
