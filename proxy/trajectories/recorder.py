@@ -22,7 +22,7 @@ import orjson
 
 from proxy.auth import Identity
 from proxy.config import CacheSettings, TrajectorySettings
-from proxy.errors import ProxyError
+from proxy.errors import ProxyError, store_unavailable
 from proxy.rlm.engine import RunRequest
 from proxy.rlm.events import Event, RunFinished
 from proxy.trajectories.record import TERMINAL_EVENTS, event_dict, header, input_shape, timeline
@@ -110,7 +110,11 @@ class Trajectories:
         own = Redactor(secrets) if secrets else None
 
         def hidden(value: dict[str, Any]) -> dict[str, Any]:
-            return value if own is None else orjson.loads(own(orjson.dumps(value)))
+            if own is None:
+                return value
+            encoded = orjson.dumps(value)
+            cleaned = own(encoded)
+            return value if cleaned is encoded else orjson.loads(cleaned)  # parsed again only if it held one
 
         live = LiveRun(identity.key_hash, hidden(header(run, identity.alias, time.time(),
                                                         input_shape(run, self._settings.store_context))))
@@ -280,6 +284,4 @@ async def _store_errors() -> AsyncIterator[None]:
     except ProxyError:
         raise
     except Exception as error:
-        log.warning("the run store failed (%s: %s)", type(error).__name__, error)
-        raise ProxyError(503, "The run store is unavailable; try again shortly.", code="store_unavailable",
-                         error_type="server_error", headers={"retry-after": "1"}) from error
+        raise store_unavailable("run store", "store_unavailable", error) from error
