@@ -37,6 +37,10 @@ class Metering:
     def cost_usd(self) -> float:
         return sum(spend.cost_usd for spend in self.by_model.values())
 
+    @property
+    def saved_usd(self) -> float:
+        return sum(spend.saved_usd for spend in self.by_model.values())
+
     def _of(self, model: str) -> ModelSpend:
         spend = self.by_model.get(model)
         if spend is None:

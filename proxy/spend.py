@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol
 
 import orjson
 
-from proxy.auth import Identity
+from proxy.auth import ANONYMOUS, Identity
 from proxy.cache import redis_client
 from proxy.config import CacheSettings, SpendSettings
 from proxy.metering import Metering
@@ -164,14 +164,13 @@ class SpendLedger:
     def _observe(self, identity: Identity, metering: Metering) -> None:
         labels = self._series(identity)
         self._metrics.spend.labels(*labels).inc(metering.cost_usd)
-        saved = sum(spend.saved_usd for spend in metering.by_model.values())
-        self._metrics.spend_saved.labels(*labels).inc(saved)
+        self._metrics.spend_saved.labels(*labels).inc(metering.saved_usd)
 
     def _series(self, identity: Identity) -> tuple[str, str]:
         """(key, team) labels: a key's alias when it has one (never its hash), at most
         `spend.metrics_max_labels` of them, later ones counted as "other"."""
-        named = (identity.key is not None and identity.key.alias is not None) or identity.alias in (
-            "master", "anonymous")
+        named = (identity.key is not None and identity.key.alias is not None) or identity.master \
+            or identity is ANONYMOUS
         labels = (identity.alias if named else UNNAMED, identity.team or NO_TEAM)
         if labels in self._labels:
             return labels
