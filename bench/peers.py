@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.load import descendants
 from bench.passthrough import show, stop
-from bench.rlm import MB, rlm_request, start_mock, start_proxy
+from bench.rlm import MB, rlm_request, start_mock, start_proxy, status_kb
 from proxy.mock_policy import FILLER, needle_prompt
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,16 +118,11 @@ class RlmsRunner:
 
 
 def tree_peak_mb(pid: int) -> float:
-    """VmHWM of a process and its live children, in MB."""
+    """VmHWM of a process and its live descendants, in MB."""
     total = 0
-    for path in [Path(f"/proc/{pid}"), *Path("/proc").glob("[0-9]*")]:
-        try:
-            status = (path / "status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if path.name == str(pid) or fields.get("PPid", "").strip() == str(pid):
-            total += int(fields.get("VmHWM", "0 kB").split()[0])
+    for member in descendants(pid):
+        with contextlib.suppress(OSError):  # exited meanwhile
+            total += status_kb(member, "VmHWM")
     return total / 1024
 
 
