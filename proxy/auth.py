@@ -94,17 +94,23 @@ class KeyChecker:
         return Identity(entry.hash, entry.alias or entry.hash[:ALIAS_HASH_CHARS], entry.team, entry, team)
 
 
+def presented_keys(authorization: str | None, x_api_key: str | None) -> tuple[str, ...]:
+    """The keys a request came with, as sent: Anthropic's `x-api-key` (which wins when both are there), then
+    the `Authorization: Bearer` token."""
+    scheme, _, token = (authorization or "").partition(" ")
+    bearer = token.strip() if scheme.lower() == "bearer" else ""
+    return tuple(key for key in ((x_api_key or "").strip(), bearer) if key)
+
+
 def _presented(authorization: str | None, x_api_key: str | None) -> bytes:
     """The SHA-256 digest of the key a request presents."""
-    scheme, _, token = (authorization or "").partition(" ")
-    if x_api_key and x_api_key.strip():
-        scheme, token = "bearer", x_api_key
-    if scheme.lower() != "bearer" or not token.strip():
+    keys = presented_keys(authorization, x_api_key)
+    if not keys:
         where = "'Authorization: Bearer <key>'"
         if x_api_key is not None:
             where += " or 'x-api-key: <key>'"
         raise ProxyError(401, f"Missing API key: send {where}.", code="missing_api_key")
-    return bytes.fromhex(key_hash(token.strip()))
+    return bytes.fromhex(key_hash(keys[0]))
 
 
 def unexpired(identity: Identity) -> Identity:

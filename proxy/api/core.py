@@ -20,7 +20,7 @@ from proxy.api.deps import Services
 from proxy.api.request import ChatRequest
 from proxy.api.rlm import as_proxy_errors, last_event, observed, run_request
 from proxy.api.streaming import until_disconnect
-from proxy.auth import Identity
+from proxy.auth import Identity, presented_keys
 from proxy.cache import CachePolicy
 from proxy.errors import invalid_request
 from proxy.limits import GRANT_STATE, SPENDER_STATE, Grant
@@ -82,7 +82,7 @@ async def route(request: Request, services: Services, identity: Identity,
         services.registry.resolve(run.sub_model, param="rlm.sub_model")
         events = services.trajectories.recorded(
             observed(as_proxy_errors(services.engine.run(run)), services.metrics, run), run, identity,
-            presented_keys(request))
+            presented_keys(request.headers.get("authorization"), request.headers.get("x-api-key")))
         admitted = _admitted(services.admission, identity.key_hash, events)
         # Waits for a slot before any response starts, so that a refusal is a plain 503.
         await until_disconnect(request.receive, anext(admitted))
@@ -90,13 +90,6 @@ async def route(request: Request, services: Services, identity: Identity,
     if decision.model != chat.model:
         chat.body["model"] = decision.model
     return Direct(group, chat)
-
-
-def presented_keys(request: Request) -> tuple[str, ...]:
-    """The keys the request came with (a bearer token, Anthropic's x-api-key), as sent."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    found = [token.strip()] if scheme.lower() == "bearer" else []
-    return tuple(key for key in (*found, request.headers.get("x-api-key", "").strip()) if key)
 
 
 async def _admitted(admission: RunAdmission, key: str, events: AsyncIterator[Event]
