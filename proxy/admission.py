@@ -26,6 +26,7 @@ PROXY_RESERVE_MB = 512
 CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
                  Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))  # cgroup v1
 NO_CGROUP_LIMIT = 1 << 60  # v1 reports "no limit" as a huge number
+PROCESSES_ENV = "RLM_PROXY_SERVER_PROCESSES"
 
 
 def memory_limit_bytes() -> int:
@@ -40,11 +41,19 @@ def memory_limit_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def default_capacity(worker_memory_mb: int, max_workers: int, memory_bytes: int) -> int:
-    """Runs at once when the config does not say: as many workers as the memory holds (each may use
-    `sandbox.memory_mb` on top of its context), within `sandbox.max_workers`."""
-    usable_mb = memory_bytes // MIB - PROXY_RESERVE_MB
-    return max(1, min(max_workers, usable_mb // worker_memory_mb))
+def workers_memory_holds(worker_memory_mb: int, memory_bytes: int, processes: int = 1) -> int:
+    """Sandbox workers (and so RLM runs) of one server process when the config does not say: its share of
+    what the memory holds besides the server processes, each worker allowed `sandbox.memory_mb` on top of
+    its context; at least one."""
+    usable_mb = memory_bytes // MIB - processes * PROXY_RESERVE_MB
+    return max(1, usable_mb // processes // worker_memory_mb)
+
+
+def server_processes() -> int:
+    """How many server processes share this machine's (or container's) memory: `rlm-proxy serve --workers`
+    says so to the processes it starts."""
+    value = os.environ.get(PROCESSES_ENV, "1")
+    return int(value) if value.isdigit() and int(value) > 0 else 1
 
 
 class AdmissionObserver(Protocol):

@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from proxy.admission import RunAdmission, default_capacity, memory_limit_bytes
+from proxy.admission import RunAdmission, memory_limit_bytes, server_processes, workers_memory_holds
 from proxy.api import (
     chat,
     completions,
@@ -164,10 +164,18 @@ def _sandbox_limits(settings: Settings) -> SandboxLimits:
                          max_batch_bytes=sandbox.max_batch_mb * MIB, max_run_bytes=sandbox.max_run_mb * MIB)
 
 
+def _max_workers(settings: Settings) -> int:
+    sandbox = settings.sandbox
+    if sandbox.max_workers is not None:
+        return sandbox.max_workers
+    held = workers_memory_holds(sandbox.memory_mb, memory_limit_bytes(), server_processes())
+    return max(sandbox.workers, held)
+
+
 def _admission(settings: Settings, metrics: Metrics) -> RunAdmission:
-    admission, sandbox = settings.admission, settings.sandbox
-    capacity = admission.max_concurrent_rlm_runs or default_capacity(sandbox.memory_mb, sandbox.max_workers,
-                                                                     memory_limit_bytes())
+    admission, workers = settings.admission, _max_workers(settings)
+    # A run holds a worker: no more runs than workers (a nested run waits for one of its own).
+    capacity = min(admission.max_concurrent_rlm_runs or workers, workers)
     return RunAdmission(capacity, admission.max_queued_rlm_runs, admission.queue_timeout_s,
                         observer=metrics)
 
@@ -175,7 +183,7 @@ def _admission(settings: Settings, metrics: Metrics) -> RunAdmission:
 def _pool_limits(settings: Settings) -> PoolLimits:
     sandbox = settings.sandbox
     user = None if sandbox.worker_user is None else WorkerUser(*worker_ids(sandbox.worker_user))
-    return PoolLimits(warm_workers=sandbox.workers, max_workers=sandbox.max_workers,
+    return PoolLimits(warm_workers=sandbox.workers, max_workers=_max_workers(settings),
                       worker_wait_s=sandbox.worker_wait_s, max_inflight_bytes=sandbox.max_inflight_mb * MIB,
                       worker_user=user)
 

@@ -14,6 +14,7 @@ import uvicorn
 import uvicorn.config
 
 from bench.paper import cli as bench_cli
+from proxy.admission import PROCESSES_ENV
 from proxy.config import ConfigError, load_settings
 from proxy.http_server import PROTOCOLS, protocol_path
 from proxy.metrics import MULTIPROC_ENV
@@ -70,6 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"rlm-proxy: {exc}", file=sys.stderr)
         return 2
     if args.workers > 1:
+        os.environ[PROCESSES_ENV] = str(args.workers)  # they share the memory their sandboxes are sized from
         # Each worker writes its metric values to files here; a scrape of any worker sums them all.
         own_dir = not os.environ.get(MULTIPROC_ENV)
         if own_dir:

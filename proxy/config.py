@@ -230,7 +230,7 @@ class AdmissionSettings(_Section):
     """How many RLM runs a server process takes at once, and how long others may wait (proxy/admission.py)."""
 
     max_concurrent_rlm_runs: int | None = Field(
-        default=None, ge=1, description="runs at once; default: what memory holds, up to max_workers")
+        default=None, ge=1, description="runs at once, at most the sandbox workers; default: as many")
     max_queued_rlm_runs: int = Field(default=100, ge=0, description="runs waiting for a slot, then 503")
     queue_timeout_s: float = Field(default=30.0, ge=0, description="a queued run's wait, then 503")
 
@@ -311,7 +311,8 @@ class SandboxSettings(_Section):
     cpu_s_per_run: float = Field(default=300.0, gt=0)
     wall_s_per_block: float = Field(default=60.0, gt=0)
     workers: int = Field(default=2, ge=0, le=64, description="warm worker processes kept ready")
-    max_workers: int = Field(default=32, ge=1, le=4096, description="live worker processes, warm included")
+    max_workers: int | None = Field(default=None, ge=1, le=4096,
+                                    description="live worker processes, warm included; default: memory's")
     worker_wait_s: float = Field(default=60.0, ge=0, description="wait for a worker when all are busy")
     # Sub-call texts (prompts, nested contexts) crossing from workers into the proxy.
     max_batch_mb: int = Field(default=64, ge=1, le=256, description="held for one worker at a time")
@@ -323,7 +324,7 @@ class SandboxSettings(_Section):
 
     @model_validator(mode="after")
     def _warm_within_max(self) -> SandboxSettings:
-        if self.workers > self.max_workers:
+        if self.max_workers is not None and self.workers > self.max_workers:
             raise ValueError("sandbox.workers (warm workers) cannot exceed sandbox.max_workers")
         return self
 

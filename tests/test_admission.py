@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from proxy.admission import RunAdmission, default_capacity
+from proxy.admission import RunAdmission, workers_memory_holds
 from proxy.errors import ProxyError
 
 pytestmark = pytest.mark.asyncio
@@ -148,8 +148,10 @@ async def test_the_observer_sees_every_change() -> None:
     assert (1, 1) in seen.changes
 
 
-async def test_default_capacity_is_what_memory_holds_within_max_workers() -> None:
+async def test_default_workers_are_what_memory_holds_shared_by_the_server_processes() -> None:
     gib = 1024 ** 3
-    assert default_capacity(1024, 32, 24 * gib) == 23  # 24 GiB less 512 MiB for the proxy, 1 GiB each
-    assert default_capacity(1024, 8, 24 * gib) == 8
-    assert default_capacity(4096, 32, 2 * gib) == 1  # never 0: one run still fits on a small machine
+    assert workers_memory_holds(1024, 24 * gib) == 23  # 24 GiB less 512 MiB for the proxy, 1 GiB each
+    assert workers_memory_holds(512, 24 * gib) == 47
+    # Four processes: 24 GiB less 4 x 512 MiB, a quarter each.
+    assert workers_memory_holds(1024, 24 * gib, processes=4) == 5
+    assert workers_memory_holds(4096, 2 * gib) == 1  # never 0: one run still fits on a small machine

@@ -16,6 +16,7 @@ import openai
 import orjson
 import pytest
 
+from proxy.admission import MIB, PROXY_RESERVE_MB, memory_limit_bytes
 from proxy.mock_policy import needle_prompt
 from tests.harness import EXTRA_KEY, MASTER_KEY, Mock, Server, StartProxy, rlm_config, scrape, start_server
 
@@ -196,3 +197,14 @@ def test_another_key_is_not_stuck_behind_one_keys_burst(slow_mock: Mock, start_p
     wait_for(lambda: len(finished) == 5, "every run to be counted")
     # The other key's run arrived last, yet went right after the run that was going.
     assert finished[:2] == ["burst-0", "other-key"]
+
+
+def test_sandbox_workers_and_slots_default_to_each_server_processes_share_of_memory(
+        slow_mock: Mock, start_proxy: StartProxy) -> None:
+    # Each worker allowed a quarter of what two server processes leave: two workers per process. Without
+    # the processes' count each would size itself from all the memory (four or five).
+    usable_mb = memory_limit_bytes() // MIB - 2 * PROXY_RESERVE_MB
+    proxy = start_proxy(rlm_config(slow_mock, sandbox={"memory_mb": usable_mb // 4}), args=["--workers", "2"])
+    checks = httpx.get(proxy.url + "/readyz", timeout=5).json()["checks"]
+    assert checks["sandbox"]["max_workers"] == 2
+    assert checks["admission"]["capacity"] == 2
