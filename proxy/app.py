@@ -173,9 +173,9 @@ def _max_workers(settings: Settings) -> int:
 
 
 def _admission(settings: Settings, metrics: Metrics) -> RunAdmission:
-    admission, workers = settings.admission, _max_workers(settings)
-    # A run holds a worker: no more runs than workers (a nested run waits for one of its own).
-    capacity = min(admission.max_concurrent_rlm_runs or workers, workers)
+    admission = settings.admission
+    # A run holds a worker: by default as many runs as workers (a nested run waits for one of its own).
+    capacity = admission.max_concurrent_rlm_runs or _max_workers(settings)
     return RunAdmission(capacity, admission.max_queued_rlm_runs, admission.queue_timeout_s,
                         observer=metrics)
 

@@ -230,7 +230,7 @@ class AdmissionSettings(_Section):
     """How many RLM runs a server process takes at once, and how long others may wait (proxy/admission.py)."""
 
     max_concurrent_rlm_runs: int | None = Field(
-        default=None, ge=1, description="runs at once, at most the sandbox workers; default: as many")
+        default=None, ge=1, description="runs at once; default: as many as sandbox workers")
     max_queued_rlm_runs: int = Field(default=100, ge=0, description="runs waiting for a slot, then 503")
     queue_timeout_s: float = Field(default=30.0, ge=0, description="a queued run's wait, then 503")
 
