@@ -46,13 +46,9 @@ def visible_models(identity: Identity, names: Iterable[str], rlm_prefix: str) ->
     return [*allowed, *(rlm_prefix + name for name in allowed)] if may_use_rlm(identity) else allowed
 
 
-def rlm_settings_for(identity: Identity, settings: RLMSettings,
-                     budget_left_usd: float | None = None) -> RLMSettings:
-    """The server's RLM settings with the key's caps applied where they are lower, and what is left of its
-    (and its team's) budget as the run's `max_cost_usd`."""
+def rlm_settings_for(identity: Identity, settings: RLMSettings) -> RLMSettings:
+    """The server's RLM settings with the key's caps applied where they are lower."""
     wanted = {name: getattr(identity.key.rlm, name) for name in RLM_CAPS} if identity.key is not None else {}
-    wanted["max_cost_usd"] = min((cap for cap in (wanted.get("max_cost_usd"), budget_left_usd)
-                                  if cap is not None), default=None)
     caps: dict[str, float] = {}
     for name, cap in wanted.items():
         server = getattr(settings, name)

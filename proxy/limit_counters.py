@@ -54,6 +54,23 @@ for i, key in ipairs(KEYS) do
 end
 return result
 """
+# KEYS: window counters. ARGV: the amount wanted, then per counter: limit ('' for none), ttl (ms).
+# Adds to every counter what all of them have room for, at most the amount; returns it.
+DRAW_SCRIPT = """
+local amount = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  if ARGV[2 * i] ~= '' then
+    amount = math.min(amount, tonumber(ARGV[2 * i]) - tonumber(redis.call('GET', key) or '0'))
+  end
+end
+if amount <= 0 then return '0' end
+for i, key in ipairs(KEYS) do
+  redis.call('INCRBYFLOAT', key, amount)
+  local ttl = tonumber(ARGV[2 * i + 1])
+  if ttl > 0 and redis.call('PTTL', key) < 0 then redis.call('PEXPIRE', key, ttl) end
+end
+return tostring(amount)
+"""
 # KEYS: window counters. ARGV: per counter: amount, ttl (ms; 0: no expiry).
 ADD_SCRIPT = """
 for i, key in ipairs(KEYS) do
@@ -75,6 +92,15 @@ class Counter:
 
 
 @dataclass(frozen=True)
+class Window:
+    """A window counter a request charges when it ends (tokens, dollars)."""
+
+    name: str
+    ttl_s: float  # until the window ends (0: never)
+    limit: float | None = None  # dollars: the budget, which draws stay within
+
+
+@dataclass(frozen=True)
 class Charge:
     name: str  # a window counter
     amount: float
@@ -92,6 +118,9 @@ class Counters(Protocol):
 
     async def add(self, charges: Sequence[Charge]) -> None: ...
 
+    async def draw(self, windows: Sequence[Window], usd: float) -> float:
+        """Add to every window what all of them have room for under their limits, at most `usd`."""
+
     async def release(self, names: Sequence[str], holder: str) -> None: ...
 
     async def aclose(self) -> None: ...
@@ -102,6 +131,7 @@ class RedisCounters:
         self._redis = redis_client(settings)
         self._take = self._redis.register_script(TAKE_SCRIPT)
         self._add = self._redis.register_script(ADD_SCRIPT)
+        self._draw = self._redis.register_script(DRAW_SCRIPT)
 
     async def take(self, counters: Sequence[Counter], holder: str, now: float) -> Taken:
         args: list[str | float | int] = [now, holder]
@@ -116,6 +146,12 @@ class RedisCounters:
         for charge in charges:
             args += [charge.amount, int(charge.ttl_s * 1000)]
         await self._add(keys=[charge.name for charge in charges], args=args)
+
+    async def draw(self, windows: Sequence[Window], usd: float) -> float:
+        args: list[float | int | str] = [usd]
+        for window in windows:
+            args += ["" if window.limit is None else window.limit, int(window.ttl_s * 1000)]
+        return float(await self._draw(keys=[window.name for window in windows], args=args))
 
     async def release(self, names: Sequence[str], holder: str) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -159,6 +195,16 @@ class MemoryCounters:
             if not self._live(charge.name, now):
                 value = 0.0
             self._windows[charge.name] = (value + charge.amount, self._ends(charge.name, charge.ttl_s, now))
+
+    async def draw(self, windows: Sequence[Window], usd: float) -> float:
+        now = time.time()
+        room = [window.limit - self._windows[window.name][0] if self._live(window.name, now) else window.limit
+                for window in windows if window.limit is not None]
+        amount = min([usd, *room])
+        if amount <= 0:
+            return 0.0
+        await self.add([Charge(window.name, amount, window.ttl_s) for window in windows])
+        return amount
 
     async def release(self, names: Sequence[str], holder: str) -> None:
         for name in names:

@@ -5,9 +5,10 @@ Windows are fixed and aligned to the epoch: rpm and tpm count per calendar minut
 `budget_duration` (a `1d` budget resets at 00:00 UTC, `30d` every 30 days counted from 1970-01-01), or
 forever without one. A request is counted (and its slots taken) when it is admitted; its tokens and dollars,
 every upstream call it made included (RLM sub-calls too), when it ends. So a request admitted under a limit
-may end above it, and the requests after it are refused until the window turns. An RLM run gets what is
-left of its key's and team's budget as its `max_cost_usd`: it stops spending there and answers with what
-it has.
+may end above it, and the requests after it are refused until the window turns. An RLM run instead draws
+dollars from its key's and team's budgets before it spends them (`KeyBudget`), a share of the budget at a
+time, so that parallel runs on any replica cannot each spend what is left: when a draw comes back short,
+the run stops spending and answers with what it has; what it drew and did not spend goes back when it ends.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from proxy.auth import Identity
 from proxy.config import CacheSettings, Limits, LimitsSettings, duration_seconds
 from proxy.errors import ProxyError
-from proxy.limit_counters import Charge, Counter, Counters, counters_for
+from proxy.limit_counters import Charge, Counter, Counters, Window, counters_for
 from proxy.metering import Metering
 from proxy.metrics import Metrics
 
@@ -34,6 +35,9 @@ GRANT_STATE = "limit_grant"  # where a route leaves its request's Grant in the A
 SPENDER_STATE = "spender"  # ... and the Identity its spend is recorded for (proxy/spend.py)
 MINUTE_S = 60
 LEASE_RETRY_S = 1  # a parallel slot may free at any moment
+# An RLM run draws at least this share of its smallest budget at a time: few trips to Redis, and parallel
+# runs near the end of a budget hold little of it each.
+DRAW_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,14 @@ class Grant:
 
     holder: str
     leases: list[str] = field(default_factory=list)
-    token_windows: list[tuple[str, float]] = field(default_factory=list)  # (counter, ttl_s)
-    spend_windows: list[tuple[str, float]] = field(default_factory=list)
+    token_windows: list[Window] = field(default_factory=list)
+    spend_windows: list[Window] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
-    budget_left_usd: float | None = None
+    drawn_usd: float = 0.0  # what its RLM run took from the spend windows ahead of spending it
+
+    @property
+    def has_budget(self) -> bool:
+        return any(window.limit is not None for window in self.spend_windows)
 
 
 _REFUSALS = {"rpm": ("requests per minute", "rate_limit_exceeded"),
@@ -97,16 +105,31 @@ class KeyLimits:
             raise self._refusal(checks[taken.refused], now)
         grant.leases = [check.counter.name for check in checks if check.counter.kind == "lease"]
         grant.headers = _headers(checks, taken.values, now)
-        left = [check.counter.limit - value for check, value in zip(checks, taken.values, strict=True)
-                if check.limit == "budget"]
-        grant.budget_left_usd = min(left) if left else None
         return grant
 
+    async def draw(self, grant: Grant, usd: float) -> float:
+        """Take up to `usd` (at least a share of the smallest budget) from the request's budgets at once;
+        what was taken, which is charged already. When the counters fail, the policy decides: all of it
+        (open) or nothing (closed)."""
+        smallest = min(window.limit for window in grant.spend_windows if window.limit is not None)
+        if time.monotonic() >= self._skip_until:
+            try:
+                taken = await self._counters.draw(grant.spend_windows, max(usd, DRAW_SHARE * smallest))
+            except Exception as error:
+                self._failed(error)
+            else:
+                grant.drawn_usd += taken
+                return taken
+        self._metrics.limits_unavailable.inc()
+        return usd if self._settings.redis_failure == "open" else 0.0
+
     async def settle(self, grant: Grant, metering: Metering) -> None:
-        """Give back the request's slots and charge what it spent."""
-        charges = [Charge(name, metering.tokens, ttl) for name, ttl in grant.token_windows if metering.tokens]
-        charges += [Charge(name, metering.cost_usd, ttl) for name, ttl in grant.spend_windows
-                    if metering.cost_usd]
+        """Give back the request's slots and charge what it spent (less what it drew ahead: a negative
+        charge gives back what it drew and did not spend)."""
+        charges = [Charge(window.name, metering.tokens, window.ttl_s) for window in grant.token_windows
+                   if metering.tokens]
+        owed = metering.cost_usd - grant.drawn_usd
+        charges += [Charge(window.name, owed, window.ttl_s) for window in grant.spend_windows if owed]
         try:
             if grant.leases:
                 await self._counters.release(grant.leases, grant.holder)
@@ -128,7 +151,7 @@ class KeyLimits:
                                          minute_ends - now), "rpm", scope, minute_ends))
         if limits.tpm is not None:
             name = f"{prefix}tokens:{minute}"
-            grant.token_windows.append((name, minute_ends - now))
+            grant.token_windows.append(Window(name, minute_ends - now))
             checks.append(_Check(Counter(name, "window", limits.tpm, False, minute_ends - now), "tpm", scope,
                                  minute_ends))
         # Spend is counted for every key and team with limits, so that it can be read per period.
@@ -139,7 +162,7 @@ class KeyLimits:
         else:
             name, ends = f"{prefix}spend:total", 0.0
         ttl_s = ends - now if ends else 0.0
-        grant.spend_windows.append((name, ttl_s))
+        grant.spend_windows.append(Window(name, ttl_s, limits.max_budget_usd))
         if limits.max_budget_usd is not None:
             budget = Counter(name, "window", limits.max_budget_usd, False, ttl_s)
             checks.append(_Check(budget, "budget", scope, ends))
@@ -196,3 +219,14 @@ def _headers(checks: list[_Check], values: tuple[float, ...], now: float) -> dic
                     f"x-ratelimit-remaining-{kind}": f"{max(0, math.floor(remaining))}",
                     f"x-ratelimit-reset-{kind}": f"{max(0.0, check.resets_at - now):.0f}s"}
     return headers
+
+
+class KeyBudget:
+    """The budgets an RLM run spends from (its key's and team's), as the engine draws from them."""
+
+    def __init__(self, limits: KeyLimits, grant: Grant) -> None:
+        self._limits = limits
+        self._grant = grant
+
+    async def draw(self, usd: float) -> float:
+        return await self._limits.draw(self._grant, usd)

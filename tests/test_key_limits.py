@@ -170,6 +170,24 @@ def test_an_rlm_run_stops_at_its_keys_budget_and_answers(replicas: tuple[Server,
     assert "does not reset" in error.body["message"] and "retry-after" not in error.response.headers
 
 
+def test_parallel_rlm_runs_on_two_replicas_share_their_keys_budget(replicas: tuple[Server, Server]) -> None:
+    one, two = replicas
+    key = new_key(one, max_budget=0.05)
+    # Each run alone would spend all of it (a 1 MB needle costs about 0.25 $ of sub-calls on the mock).
+    with ThreadPoolExecutor(2) as pool:
+        # Different needles: the second run's sub-calls must not be the first one's, cached.
+        runs = list(pool.map(lambda pair: chat(pair[0], key, needle_prompt(1_000_000, pair[1], "31415"),
+                                               model="rlm/mock"), ((one, "first"), (two, "second"))))
+    assert all(raw.headers["x-rlm-stopped"] == "max_cost_usd" for raw in runs)
+    spent = sum(float(raw.headers["x-rlm-cost-usd"]) for raw in runs)
+    # Each run drew from the budget before spending: together they stay within it, but for the root
+    # model's closing answers (about 0.002 $ each), which a run gives after its budget ran out. Each run
+    # given all that was left, as before, spent over 0.03 $.
+    assert spent <= 0.05 + 0.005, spent
+    # What the runs drew and did not spend went back: the key can still make a small request.
+    assert chat(two, key).parse().choices[0].message.content
+
+
 @pytest.mark.usefixtures("fresh_minute")
 def test_without_redis_limits_hold_in_process(own_mock_upstream: Mock, start_proxy: StartProxy) -> None:
     proxy = start_proxy(limits_config(own_mock_upstream, None))

@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from proxy.config import CacheSettings
-from proxy.limit_counters import Charge, Counter, Counters, MemoryCounters, RedisCounters
-from tests.harness import Redis
+from proxy.config import CacheSettings, LimitsSettings
+from proxy.limit_counters import Charge, Counter, Counters, MemoryCounters, RedisCounters, Window
+from proxy.limits import Grant, KeyLimits
+from proxy.metrics import Metrics
+from tests.harness import Redis, free_port
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -58,3 +60,32 @@ async def test_leases_are_given_back_or_expire(counters: Counters) -> None:
     assert (await counters.take([slots], "c", now)).values == (2,)
     # A holder that never gave its slot back (its replica died) loses it once the lease ends.
     assert (await counters.take([slots], "d", now + 61)).values == (1,)
+
+
+async def test_a_draw_takes_what_every_budget_has_room_for(counters: Counters) -> None:
+    prefix = f"test:{time.time_ns()}:"
+    key, team, spend = (Window(prefix + "key", 60, 1.0), Window(prefix + "team", 60, 0.5),
+                        Window(prefix + "unlimited", 60))
+    assert await counters.draw([key, team, spend], 0.25) == 0.25
+    await counters.add([Charge(team.name, 0.15, 60)])  # a direct request of the team's
+    # The team has 0.1 left: that is all there is, and it is charged to the key and the spend window too.
+    assert await counters.draw([key, team, spend], 0.25) == pytest.approx(0.1)
+    assert await counters.draw([key, team, spend], 0.25) == 0.0
+    # Giving back what was not spent (a negative charge) makes room again.
+    await counters.add([Charge(window.name, -0.2, 60) for window in (key, team, spend)])
+    assert await counters.draw([key], 10) == pytest.approx(1.0 - 0.15)
+
+
+@pytest.mark.parametrize(("policy", "drawn"), [("open", 0.2), ("closed", 0.0)])
+async def test_a_draw_with_redis_down_follows_the_failure_policy(policy: str, drawn: float) -> None:
+    cache = CacheSettings(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_s=0.2)
+    metrics = Metrics([])
+    limits = KeyLimits(LimitsSettings(redis_failure=policy), cache, metrics)
+    grant = Grant(holder="run", spend_windows=[Window("test:down", 60, 1.0)])
+    try:
+        assert await limits.draw(grant, 0.2) == drawn
+        assert await limits.draw(grant, 0.2) == drawn  # skipped while Redis is known down
+    finally:
+        await limits.aclose()
+    assert grant.drawn_usd == 0.0  # nothing was charged: nothing goes back at the end
+    assert metrics.registry.get_sample_value("rlm_proxy_limits_unavailable_total") == 2

@@ -103,6 +103,40 @@ def test_root_spending_can_exhaust_the_budget() -> None:
     assert "max_cost_usd=0.5" in budget.refusal()
 
 
+class Pool:
+    """A budget shared with other runs, holding `left` dollars."""
+
+    def __init__(self, left: float) -> None:
+        self.left = left
+        self.draws: list[float] = []
+
+    async def draw(self, usd: float) -> float:
+        taken = min(usd, self.left)
+        self.left -= taken
+        self.draws.append(taken)
+        return taken
+
+
+async def test_a_run_spends_from_a_shared_budget_only_what_it_drew() -> None:
+    pool = Pool(1.0)
+    budget = Budget(limits(), pool)
+    await budget.cover(0.5)  # two sub-calls at 0.25
+    assert budget.reserve(2, 0.25) == 2
+    budget.settle(0.25, 0.05)
+    await budget.cover(0.2)  # what is drawn and not spent or held covers it: no trip to the pool
+    assert pool.draws == [0.5]
+    budget.settle(0.25, 0.05)
+    await budget.cover(0.75)  # 0.4 of the draw is unspent: 0.35 more is drawn
+    assert pool.draws == [0.5, pytest.approx(0.35)] and budget.exhausted is None
+    assert budget.reserve(3, 0.25) == 3
+    await budget.cover(1.0)  # the pool has 0.15 left: the run is out of budget
+    assert budget.exhausted == "max_cost_usd"
+    assert "its API key's" in budget.refusal()
+    assert budget.reserve(1, 0.25) == 0
+    await budget.cover(1.0)  # and does not ask again
+    assert len(pool.draws) == 3
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Mode routing
 

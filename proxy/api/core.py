@@ -9,7 +9,7 @@ Keys, limits, the mode decision, cache scope and metrics are decided here once f
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from fastapi import Request
@@ -23,7 +23,7 @@ from proxy.api.streaming import until_disconnect
 from proxy.auth import Identity, presented_keys
 from proxy.cache import CachePolicy
 from proxy.errors import invalid_request
-from proxy.limits import GRANT_STATE, SPENDER_STATE, Grant
+from proxy.limits import GRANT_STATE, SPENDER_STATE, Grant, KeyBudget
 from proxy.middleware import RouteInfo
 from proxy.registry import ModelGroup
 from proxy.rlm.engine import RunRequest
@@ -75,9 +75,9 @@ async def route(request: Request, services: Services, identity: Identity,
     if mode == "rlm":
         cache = CachePolicy.from_header(request.headers.get("cache-control"),
                                         identity.cache_scope(services.settings.cache.scope))
-        budget_left = grant.budget_left_usd if grant is not None else None
-        settings = rlm_settings_for(identity, services.settings.rlm, budget_left)
-        run = run_request(chat, decision.model, settings, cache)
+        run = run_request(chat, decision.model, rlm_settings_for(identity, services.settings.rlm), cache)
+        if grant is not None and grant.has_budget:
+            run = replace(run, shared_budget=KeyBudget(services.limits, grant))
         # A bad sub-model would turn every sub-call into an error string: refuse the request instead.
         services.registry.resolve(run.sub_model, param="rlm.sub_model")
         events = services.trajectories.recorded(

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from proxy.cache import CachePolicy
 from proxy.config import RLMSettings
 from proxy.rlm import prompts
-from proxy.rlm.budget import Budget, Limit, RunLimits
+from proxy.rlm.budget import Budget, Limit, RunLimits, SharedBudget
 from proxy.rlm.events import (
     BlockExecuted,
     BlockStarted,
@@ -120,6 +120,7 @@ class RunRequest:
     root_params: dict[str, Any] = field(default_factory=dict)
     tools: ClientTools | None = None  # None: the root model answers in text only
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    shared_budget: SharedBudget | None = None  # the caller's budget, which other runs spend from too
 
 
 @dataclass
@@ -143,7 +144,7 @@ class RLMEngine:
         """Events until (and including) `RunFinished`. Closing the iterator early cancels the run: the
         worker is killed and pending sub-calls are cancelled."""
         queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
-        run = _Run(request, Budget(request.limits), RunStats(), queue.put_nowait,
+        run = _Run(request, Budget(request.limits, request.shared_budget), RunStats(), queue.put_nowait,
                    asyncio.Semaphore(self._settings.subcall_concurrency))
 
         async def drive() -> None:
@@ -221,11 +222,13 @@ class RLMEngine:
         handler = _SubcallHandler(self, self._caller, run, depth)
         questioned = run_input.total_chars <= 2 * prompts.PREVIEW_CHARS  # the preview showed it all
         for iteration in range(1, limits.max_iterations + 1):
+            messages = conversation.messages()
+            prompt_chars = sum(len(m["content"]) for m in messages)
+            await run.budget.cover(self._caller.estimate_cost_usd(run.request.root_model, prompt_chars,
+                                                                  RESERVED_COMPLETION_TOKENS))
             if run.budget.exhausted:
                 return None
-            messages = conversation.messages()
-            run.emit(IterationStarted(iteration=iteration, depth=depth,
-                                      prompt_chars=sum(len(m["content"]) for m in messages)))
+            run.emit(IterationStarted(iteration=iteration, depth=depth, prompt_chars=prompt_chars))
             run.stats.iterations += 1
             reply = await self._root_call(run, messages, tools, iteration, depth)
             conversation.add("assistant", reply.text)
@@ -366,6 +369,7 @@ class _SubcallHandler:
         # Every prompt of the batch is reserved at the largest one's estimate: simple, and never short.
         reserved_each = max((caller.estimate_cost_usd(target, len(prompts_[i]), RESERVED_COMPLETION_TOKENS)
                              for i in sendable), default=0.0)
+        await run.budget.cover(len(sendable) * reserved_each)
         granted = run.budget.reserve(len(sendable), reserved_each)
         for index in sendable[granted:]:
             results[index] = run.budget.refusal()
