@@ -178,7 +178,10 @@ def test_a_wait_longer_than_the_queue_timeout_is_refused(slow_mock: Mock, start_
 
 
 def test_another_key_is_not_stuck_behind_one_keys_burst(slow_mock: Mock, start_proxy: StartProxy) -> None:
-    proxy = admitting(slow_mock, start_proxy, max_concurrent_rlm_runs=1, max_queued_rlm_runs=10)
+    # The last of five runs in one slot waits for four: under load that took longer than the default
+    # queue timeout (30 s) once.
+    proxy = admitting(slow_mock, start_proxy, max_concurrent_rlm_runs=1, max_queued_rlm_runs=10,
+                      queue_timeout_s=120)
     finished: list[str] = []
 
     def tracked(name: str, key: str) -> Background:
