@@ -303,6 +303,9 @@ class RLMSettings(_Section):
     # Below this fraction of `context` read, a first answer is questioned once (models answer too early).
     min_coverage_to_answer: float = Field(default=0.9, ge=0, le=1)
     system_prompt: str | None = None
+    # Stream root replies and run each ```repl block once its closing fence arrives, while the model
+    # writes on (root calls that offer the client's tools are not streamed).
+    stream_root_replies: bool = True
 
 
 class SandboxSettings(_Section):

@@ -18,6 +18,8 @@ question scripts the failure modes the engine must handle:
     never_final   keep writing code until the engine asks for a final answer
     rlm_query     split the context in two and hand each half to a nested run (depth 2)
     early_answer  answer after reading only the start of `context`, then properly once questioned
+    explains      after its code, go on writing what it expects the code to show (about 120 tokens),
+                  as real models often do; the engine runs the block before that text has arrived
     tool_call     when the request offers tools, find the answer, then call the first tool with it
                   (`CallTool`) instead of answering; once the tool's result is on the context card (a
                   follow-up request), answer with FINAL(<answer>; tool result: <result>)
@@ -389,6 +391,18 @@ def _bomb_first(task: _Task, turn: int, messages: list[Message]) -> str:
     return _standard(task, turn - 1, messages)
 
 
+EXPLANATION = ("\n\nThis prints the positions where the key appears and the magic number next to it. "
+               "If the needle is split across two chunks, the overlap between the chunks should still "
+               "catch it; if nothing is printed, I will widen the search to other spellings of the key "
+               "and look at the neighbourhood of each partial match before I give an answer. Once the "
+               "number is printed, I will check that it belongs to the key that was asked about, and "
+               "not to a similar one elsewhere in the text, and then answer with it.")
+
+
+def _explains(task: _Task, turn: int, messages: list[Message]) -> str:
+    return _code(_search_code(task)) + EXPLANATION if turn == 0 else _answer_line(task, messages)
+
+
 _SCRIPTS = {
     **dict.fromkeys(_BOMBS, _bomb_first),
     "final_var": _final_var,
@@ -398,4 +412,5 @@ _SCRIPTS = {
     "python_block": _python_block,
     "rlm_query": _rlm_query,
     "early_answer": _early_answer,
+    "explains": _explains,
 }

@@ -12,8 +12,8 @@ from proxy.cache import Cache, CachePolicy, cache_key
 from proxy.errors import ProxyError
 from proxy.metering import REQUEST_METERING
 from proxy.model_facts import CHARS_PER_TOKEN, ModelFacts, estimate_tokens, usage_tokens
-from proxy.registry import ModelRegistry
-from proxy.rlm.engine import ModelReply
+from proxy.registry import Deployment, ModelRegistry
+from proxy.rlm.engine import ModelReply, TextSink
 from proxy.upstream import Upstream, malformed_error
 
 CACHE_NAMESPACE = "rlm"
@@ -30,13 +30,16 @@ class UpstreamCaller:
         self._cache = cache
 
     async def complete(self, model: str, messages: list[dict[str, str]], params: dict[str, Any],
-                       cache: CachePolicy) -> ModelReply:
+                       cache: CachePolicy, on_text: TextSink | None = None) -> ModelReply:
         if self._cache is None or not (cache.read or cache.write):
             # No-cache and no-store: no lookup, so no key to hash (~8 ms for 10 MB of prompts).
-            return await self._call(model, messages, params)
+            return await self._call(model, messages, params, on_text)
+        produced = False
 
         async def produce() -> bytes:
-            return orjson.dumps(asdict(await self._call(model, messages, params)))
+            nonlocal produced
+            produced = True
+            return orjson.dumps(asdict(await self._call(model, messages, params, on_text)))
 
         key = cache_key(CACHE_NAMESPACE, model, messages, params, cache.scope)
         value, hit = await self._cache.fetch(key, cache, produce)
@@ -44,11 +47,16 @@ class UpstreamCaller:
         # JSON has no tuples: the calls come back as a list.
         reply = replace(ModelReply(**stored), tool_calls=tuple(stored.get("tool_calls", ())), cached=hit,
                         cache_key=key)
+        if on_text is not None and not produced:  # from the cache, or another caller's call: all at once
+            on_text(reply.text)
         if hit and (metering := REQUEST_METERING.get()) is not None:
             metering.saved(model, reply.cost_usd)
         return reply
 
-    async def _call(self, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> ModelReply:
+    async def _call(self, model: str, messages: list[dict[str, str]], params: dict[str, Any],
+                    on_text: TextSink | None = None) -> ModelReply:
+        if on_text is not None and "tools" not in params:  # a streamed tool call is not worth assembling
+            return await self._streamed_call(model, messages, params, on_text)
         group = self._registry.resolve(model)
         # Priced at the deployment that answered: a group's deployments (or fallbacks) may differ in price.
         deployment, response = await self._upstream.complete_routed(
@@ -60,6 +68,31 @@ class UpstreamCaller:
                           completion_tokens=completion_tokens,
                           cost_usd=self._facts.cost_usd(deployment, prompt_tokens, completion_tokens),
                           tool_calls=_tool_calls(message.get("tool_calls")))
+
+    async def _streamed_call(self, model: str, messages: list[dict[str, str]], params: dict[str, Any],
+                             on_text: TextSink) -> ModelReply:
+        """The call streamed, each piece of its text given to `on_text` as it arrives."""
+        answered: list[Deployment] = []
+        pieces: list[str] = []
+        usage = None
+        body = {"model": model, "messages": messages, **params, "stream": True,
+                "stream_options": {"include_usage": True}}
+        async for chunk in self._upstream.stream(self._registry.resolve(model), body, answered.append):
+            usage = chunk.get("usage") or usage
+            choices = chunk.get("choices")
+            delta = choices[0].get("delta") if isinstance(choices, list) and choices and isinstance(
+                choices[0], dict) else None
+            content = delta.get("content") if isinstance(delta, dict) else None
+            if isinstance(content, str) and content:
+                pieces.append(content)
+                on_text(content)
+        text = "".join(pieces)
+        prompt_tokens, completion_tokens = usage_tokens(usage)
+        if not prompt_tokens:  # a provider that does not report a stream's usage: estimated
+            prompt_tokens = estimate_tokens(sum(len(m["content"]) for m in messages))
+            completion_tokens = estimate_tokens(len(text))
+        return ModelReply(text=text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                          cost_usd=self._facts.cost_usd(answered[0], prompt_tokens, completion_tokens))
 
     def prompt_limit_chars(self, model: str) -> int | None:
         try:

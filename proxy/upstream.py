@@ -491,9 +491,13 @@ class Upstream:
         """`complete`, and the deployment that answered (its prices are the call's)."""
         return await self._answer(target, lambda d: self.backend_for(d).complete(d, body), _chat_usage)
 
-    async def stream(self, target: Target, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Chunks of a streamed completion. Retries happen only before the first chunk arrives."""
-        async for chunk in self._streamed(target, lambda d: self.backend_for(d).stream(d, body), _chat_usage):
+    async def stream(self, target: Target, body: dict[str, Any],
+                     answered_by: Callable[[Deployment], None] | None = None
+                     ) -> AsyncIterator[dict[str, Any]]:
+        """Chunks of a streamed completion. Retries happen only before the first chunk arrives, which
+        comes once `answered_by` has been told the deployment that answers (whose prices are the call's)."""
+        async for chunk in self._streamed(target, lambda d: self.backend_for(d).stream(d, body), _chat_usage,
+                                          answered_by):
             yield chunk
 
     async def forward(self, target: Target, path: str, body: dict[str, Any],
@@ -526,7 +530,8 @@ class Upstream:
         return deployment, answer
 
     async def _streamed(self, target: Target, start: Callable[[Deployment], AsyncIterator[dict[str, Any]]],
-                        usage_of: UsageOf) -> AsyncIterator[dict[str, Any]]:
+                        usage_of: UsageOf, answered_by: Callable[[Deployment], None] | None = None
+                        ) -> AsyncIterator[dict[str, Any]]:
         async def open_stream(deployment: Deployment) -> tuple[AsyncIterator[dict[str, Any]],
                                                                dict[str, Any] | None]:
             items = start(deployment)
@@ -539,6 +544,8 @@ class Upstream:
                 raise
 
         deployment, (items, item) = await self._call(target, open_stream)
+        if answered_by is not None:
+            answered_by(deployment)
         try:
             while item is not None:
                 if (usage := usage_of(item)) is not None:

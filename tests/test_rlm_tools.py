@@ -17,7 +17,7 @@ from proxy.cache import CachePolicy, cache_key
 from proxy.config import RLMSettings
 from proxy.errors import ProxyError
 from proxy.rlm.budget import RunLimits
-from proxy.rlm.engine import ClientTools, ModelReply, RLMEngine, RunRequest
+from proxy.rlm.engine import ClientTools, ModelReply, RLMEngine, RunRequest, TextSink
 from proxy.rlm.events import RunFinished
 from proxy.rlm.prompts import build_input, context_card
 from sandbox import PoolLimits, SandboxLimits, SandboxPool
@@ -53,10 +53,13 @@ class ScriptedCaller:
         self.subcalls: list[dict[str, Any]] = []
 
     async def complete(self, model: str, messages: list[dict[str, str]], params: dict[str, Any],
-                       cache: CachePolicy) -> ModelReply:
+                       cache: CachePolicy, on_text: TextSink | None = None) -> ModelReply:
         if messages[0]["role"] == "system":
             self.root_calls.append((messages, params))
-            return self.script.pop(0)(messages, params)
+            reply = self.script.pop(0)(messages, params)
+            if on_text is not None:
+                on_text(reply.text)
+            return reply
         self.subcalls.append(params)
         return ModelReply("sub", 1, 1, 0.0)
 

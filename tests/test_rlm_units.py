@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +18,7 @@ from proxy.errors import ProxyError
 from proxy.model_facts import ModelFacts
 from proxy.registry import Deployment
 from proxy.rlm.budget import Budget, RunLimits
-from proxy.rlm.parsing import parse_reply
+from proxy.rlm.parsing import BlockWatcher, parse_reply
 from proxy.rlm.prompts import build_input, context_card, preview
 from proxy.routing import ModeRouter, split_model
 from sandbox import SandboxUnavailableError
@@ -70,6 +71,33 @@ def test_answer_next_to_code_is_reported_as_both() -> None:
 
 # ---------------------------------------------------------------------------------------------------------
 # Budget
+
+
+STREAMED_REPLIES = [
+    "Look:\n```repl\nx = 1\n```\nthen\n```repl\nprint(x)\n```\n```python\ny = 2\n```",
+    "```repl\ns = 'a ` b `` c'\nprint(s)\n```````\nFINAL(done)",  # backticks inside and after a block
+    "```python\nnot run\n```\n```REPL\nprint(1)\n```\n```repl \nprint(2)```trailing ```repl\nprint(3)\n",
+    "No code at all, only `inline` and ``double`` ticks.",
+]
+
+
+@pytest.mark.parametrize("reply", STREAMED_REPLIES)
+def test_blocks_found_while_streaming_are_the_replys_blocks_however_it_is_split(reply: str) -> None:
+    chooser = random.Random(reply)
+    for _ in range(200):
+        watcher, found, rest = BlockWatcher(), [], reply
+        while rest:
+            size = chooser.randint(1, 6)
+            found += watcher.feed(rest[:size])
+            rest = rest[size:]
+        assert found == parse_reply(reply).code_blocks
+
+
+def test_a_block_is_found_as_its_closing_fence_arrives() -> None:
+    watcher = BlockWatcher()
+    assert watcher.feed("Let me look.\n```repl\nprint(len(context))\n``") == []
+    assert watcher.feed("`\nI expect a large number") == ["print(len(context))\n"]
+    assert watcher.feed(" of characters.") == []
 
 
 def limits(**overrides: Any) -> RunLimits:

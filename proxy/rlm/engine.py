@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,8 +33,8 @@ from proxy.rlm.events import (
     SubcallsDispatched,
     SubcallsFinished,
 )
-from proxy.rlm.parsing import answer_without_protocol, parse_reply
-from sandbox import NestedContext, SandboxPool, SandboxSession
+from proxy.rlm.parsing import BlockWatcher, answer_without_protocol, parse_reply
+from sandbox import ExecResult, NestedContext, SandboxPool, SandboxSession
 
 # Completion tokens assumed when reserving budget for a sub-call whose answer is not known yet.
 RESERVED_COMPLETION_TOKENS = 500
@@ -97,9 +98,14 @@ class _Answer:
     tool_calls: tuple[dict[str, Any], ...] = ()
 
 
+TextSink = Callable[[str], None]  # takes a reply's text piece by piece, as it streams in
+
+
 class ModelCaller(Protocol):
     async def complete(self, model: str, messages: list[dict[str, str]], params: dict[str, Any],
-                       cache: CachePolicy) -> ModelReply: ...
+                       cache: CachePolicy, on_text: TextSink | None = None) -> ModelReply:
+        """The reply; with `on_text`, its text is also given there as it arrives (all at once when the
+        call is not streamed, e.g. served from the cache)."""
 
     def prompt_limit_chars(self, model: str) -> int | None:
         """What one prompt to this model may hold, or None when its window is unknown."""
@@ -230,7 +236,13 @@ class RLMEngine:
                 return None
             run.emit(IterationStarted(iteration=iteration, depth=depth, prompt_chars=prompt_chars))
             run.stats.iterations += 1
-            reply = await self._root_call(run, messages, tools, iteration, depth)
+            blocks = _Blocks(functools.partial(self._execute, run, session, handler, iteration, depth))
+            streamed = blocks.watch if self._settings.stream_root_replies else None
+            try:
+                reply = await self._root_call(run, messages, tools, iteration, depth, on_text=streamed)
+            except BaseException:
+                await blocks.cancel()
+                raise
             conversation.add("assistant", reply.text)
             parsed = parse_reply(reply.text)
             if reply.tool_calls and not parsed.code_blocks:
@@ -240,14 +252,7 @@ class RLMEngine:
             answer: str | None = None
             if reply.tool_calls:  # its arguments could not depend on output it had not seen: not sent
                 notes.append(prompts.note_tool_calls_before_output(reply.tool_calls))
-            for number, code in enumerate(parsed.code_blocks, 1):
-                run.emit(BlockStarted(iteration=iteration, block=number, depth=depth, code=code))
-                result = await session.execute(code, handler)
-                run.stats.blocks += 1
-                run.emit(BlockExecuted(iteration=iteration, block=number, depth=depth, outcome=result.outcome,
-                                       duration_s=result.duration_s, output_chars=len(result.output),
-                                       output=result.output, coverage=result.coverage, cpu_s=result.cpu_s,
-                                       peak_rss_bytes=result.peak_rss_bytes))
+            for result in await blocks.results(parsed.code_blocks):
                 reports.append(prompts.BlockReport(result.outcome, result.output))
                 if result.final is not None:
                     answer = result.final.text
@@ -278,6 +283,17 @@ class RLMEngine:
                                                       limits.max_iterations))
         return None
 
+    async def _execute(self, run: _Run, session: SandboxSession, handler: _SubcallHandler, iteration: int,
+                       depth: int, number: int, code: str) -> ExecResult:
+        run.emit(BlockStarted(iteration=iteration, block=number, depth=depth, code=code))
+        result = await session.execute(code, handler)
+        run.stats.blocks += 1
+        run.emit(BlockExecuted(iteration=iteration, block=number, depth=depth, outcome=result.outcome,
+                               duration_s=result.duration_s, output_chars=len(result.output),
+                               output=result.output, coverage=result.coverage, cpu_s=result.cpu_s,
+                               peak_rss_bytes=result.peak_rss_bytes))
+        return result
+
     async def _final_request(self, run: _Run, conversation: _Conversation, session: SandboxSession,
                              limit: Limit, depth: int) -> str:
         conversation.add("user", prompts.FINAL_REQUEST.format(limit=limit))
@@ -294,12 +310,14 @@ class RLMEngine:
         return answer_without_protocol(reply)
 
     async def _root_call(self, run: _Run, messages: list[dict[str, str]], tools: ClientTools | None,
-                         iteration: int, depth: int, final: bool = False) -> ModelReply:
+                         iteration: int, depth: int, final: bool = False,
+                         on_text: TextSink | None = None) -> ModelReply:
         params = {k: run.request.root_params[k] for k in ROOT_PARAMS if k in run.request.root_params}
         if tools is not None:
             params |= tools.params()
         started = time.monotonic()
-        reply = await self._caller.complete(run.request.root_model, messages, params, run.request.cache)
+        reply = await self._caller.complete(run.request.root_model, messages, params, run.request.cache,
+                                            on_text)
         run.stats.record(reply)
         run.budget.spend(0.0 if reply.cached else reply.cost_usd)
         call = reply.as_call(run.request.root_model, sum(len(m["content"]) for m in messages),
@@ -336,6 +354,50 @@ class RLMEngine:
         run.stats.max_depth = max(run.stats.max_depth, depth)
         answer, _ = await self._solve(run, run_input, depth, deadline=None)
         return answer.text
+
+
+class _Blocks:
+    """The ```repl blocks of one root reply, each started as soon as it is complete (while the model may
+    still be writing), one at a time in order, as the protocol runs them."""
+
+    def __init__(self, execute: Callable[[int, str], Awaitable[ExecResult]]) -> None:
+        self._execute = execute
+        self._watcher = BlockWatcher()
+        self._started: list[str] = []
+        self._tasks: list[asyncio.Task[ExecResult]] = []
+
+    def watch(self, text: str) -> None:
+        for code in self._watcher.feed(text):
+            self._start(code)
+
+    async def results(self, codes: list[str]) -> list[ExecResult]:
+        """Every block's result, once the whole reply (whose blocks are `codes`) is in."""
+        if codes[:len(self._started)] != self._started:  # BlockWatcher's promise, checked
+            raise AssertionError("blocks found while streaming differ from the reply's")
+        for code in codes[len(self._started):]:
+            self._start(code)
+        try:
+            return [await task for task in self._tasks]
+        except BaseException:
+            await self.cancel()
+            raise
+
+    async def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _start(self, code: str) -> None:
+        previous = self._tasks[-1] if self._tasks else None
+        number = len(self._tasks) + 1
+
+        async def run() -> ExecResult:
+            if previous is not None:
+                await asyncio.wait([previous])  # its failure is reported once, by its own task
+            return await self._execute(number, code)
+
+        self._started.append(code)
+        self._tasks.append(asyncio.create_task(run()))
 
 
 class _SubcallHandler:

@@ -42,6 +42,31 @@ def parse_reply(text: str) -> ParsedReply:
     return ParsedReply(code_blocks, other_languages, answer, variable.group(1) if variable else None, inline)
 
 
+class BlockWatcher:
+    """Finds the ```repl blocks of a reply as it streams in, each as soon as its closing fence arrives.
+    A fence matched in a prefix of the reply is matched the same in the whole reply (the match is
+    non-greedy and scanned from the left), so the blocks found are always the first of `parse_reply`'s."""
+
+    def __init__(self) -> None:
+        self._text: list[str] = []
+        self._joined = ""
+        self._scanned = 0  # where the next fence may start
+
+    def feed(self, delta: str) -> list[str]:
+        """The blocks that `delta` completed, in order."""
+        self._text.append(delta)
+        if "`" not in delta:
+            return []  # only a closing fence completes a block
+        self._joined += "".join(self._text)
+        self._text.clear()
+        blocks = []
+        while (match := _FENCE.search(self._joined, self._scanned)) is not None:
+            self._scanned = match.end()
+            if match.group(1).lower() == "repl":
+                blocks.append(match.group(2))
+        return blocks
+
+
 def _final_answer(prose: str) -> str | None:
     """FINAL( at the start of a line, up to its matching parenthesis, so that answers holding parentheses
     or several lines come through whole; unbalanced, it runs to the last closing parenthesis."""
