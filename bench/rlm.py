@@ -11,6 +11,12 @@ Each line shows the measured figure, its bound (the target) and their ratio: the
 4. Run start with a 100 MB context: a session from the warm pool, context loaded (target < 0.5 s).
 5. The proxy's peak RSS growth while serving a 40 MB prompt in RLM mode (target < 4x the prompt).
 
+With `--streaming-gain` it measures what streaming execution saves: a 1 MB needle run against two proxies
+in front of one mock that writes at `--tokens-per-second` (80), one streaming root replies (each ```repl
+block runs once its closing fence arrives) and one reading them whole (`rlm.stream_root_replies: false`),
+in alternating rounds; for a root model that stops after its code and for one that writes on (about 120
+tokens) after it, as real models often do.
+
 With `--record-cost` it measures instead what a run's trajectory record costs: a 10 MB needle run against
 two proxies in front of one mock, one recording runs and one with `trajectories.enabled: false`, in
 alternating rounds: the client's wall time (median) and the proxy's peak RSS growth per run (median), side
@@ -27,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +58,13 @@ NO_CACHE = {"cache-control": "no-cache, no-store"}  # a cached replay would not 
 CLI = [sys.executable, "-m", "proxy.cli"]
 
 
-def start_mock(procs: list[subprocess.Popen[bytes]], tmp: Path, latency_ms: float) -> str:
-    """The mock model at `latency_ms` a call; its URL."""
+def start_mock(procs: list[subprocess.Popen[bytes]], tmp: Path, latency_ms: float,
+               tokens_per_second: float | None = None) -> str:
+    """The mock model at `latency_ms` a call (writing at `tokens_per_second` if given); its URL."""
     port = free_port()
+    pace = [] if tokens_per_second is None else ["--tokens-per-second", str(tokens_per_second)]
     return start(procs, [*CLI, "mock-upstream", "--port", str(port), "--latency-ms", str(latency_ms),
-                         "--context-window-tokens", str(WINDOW_TOKENS)], port, "/v1/models",
+                         "--context-window-tokens", str(WINDOW_TOKENS), *pace], port, "/v1/models",
                  tmp / f"mock-{latency_ms}.log")
 
 
@@ -160,40 +169,73 @@ def peak_memory(proxy: str, pid: int) -> list[str]:
                f"{before // 1024} MB); bound 4x the prompt", growth, 4 * len(prompt), "MB", 1 / MB)
 
 
-def record_cost(tmp: Path, procs: list[subprocess.Popen[bytes]], rounds: int) -> list[list[str]]:
-    mock = start_mock(procs, tmp, 0)
+@dataclass
+class Runs:
+    """One proxy's runs of one prompt in a side-by-side comparison."""
+
+    walls: list[float] = field(default_factory=list)
+    growths: list[float] = field(default_factory=list)  # peak RSS growth per run, bytes
+    last: dict[str, Any] = field(default_factory=dict)  # the last response's body
+
+
+def start_proxies(tmp: Path, procs: list[subprocess.Popen[bytes]], mock: str,
+                  envs: dict[str, dict[str, str]]) -> dict[str, tuple[str, int]]:
+    """A proxy in front of `mock` per `envs` entry: name -> (URL, pid)."""
     proxies = {}
-    for name, enabled in (("recording", "true"), ("off", "false")):
-        url = start_proxy(procs, tmp, mock, 0, env={"RLM_PROXY_TRAJECTORIES__ENABLED": enabled}, name=name)
-        proxies[name] = (url, procs[-1].pid)
-    prompt = needle_prompt(10 * MB, NEEDLE_KEY, NEEDLE_VALUE)
-    walls: dict[str, list[float]] = {name: [] for name in proxies}
-    growths: dict[str, list[float]] = {name: [] for name in proxies}
+    for name, env in envs.items():
+        proxies[name] = (start_proxy(procs, tmp, mock, 0, env=env, name=name), procs[-1].pid)
+    return proxies
+
+
+def alternate(proxies: dict[str, tuple[str, int]], prompt: str, rounds: int) -> dict[str, Runs]:
+    """Each proxy answers `prompt` once to warm up, then `rounds` times, taking turns to go first."""
+    runs = {name: Runs() for name in proxies}
     for url, _ in proxies.values():
         rlm_request(url, prompt)  # allocator, caches and workers warm
-    record_bytes = 0
     for turn in range(rounds):
-        order = list(proxies) if turn % 2 == 0 else list(reversed(proxies))  # neither always goes first
-        for name in order:
-            url, pid = proxies[name]
+        for name in list(proxies) if turn % 2 == 0 else list(reversed(proxies)):
+            (url, pid), measured = proxies[name], runs[name]
             Path(f"/proc/{pid}/clear_refs").write_text("5")
             before = status_kb(pid, "VmRSS")
-            wall, body = rlm_request(url, prompt)
-            assert body["choices"][0]["message"]["content"] == NEEDLE_VALUE, body
-            growths[name].append((status_kb(pid, "VmHWM") - before) * 1024)
-            walls[name].append(wall)
-            if name == "recording":
-                record = httpx.get(f"{url}/v1/rlm/runs/{body['rlm']['run_id']}", timeout=30,
-                                   headers={"authorization": f"Bearer {KEY}"})
-                record.raise_for_status()
-                record_bytes = len(record.content)
-    on_wall, off_wall = statistics.median(walls["recording"]), statistics.median(walls["off"])
-    on_rss, off_rss = statistics.median(growths["recording"]), statistics.median(growths["off"])
+            wall, measured.last = rlm_request(url, prompt)
+            assert measured.last["choices"][0]["message"]["content"] == NEEDLE_VALUE, measured.last
+            measured.growths.append((status_kb(pid, "VmHWM") - before) * 1024)
+            measured.walls.append(wall)
+    return runs
+
+
+def record_cost(tmp: Path, procs: list[subprocess.Popen[bytes]], rounds: int) -> list[list[str]]:
+    proxies = start_proxies(tmp, procs, start_mock(procs, tmp, 0),
+                            {name: {"RLM_PROXY_TRAJECTORIES__ENABLED": enabled}
+                             for name, enabled in (("recording", "true"), ("off", "false"))})
+    runs = alternate(proxies, needle_prompt(10 * MB, NEEDLE_KEY, NEEDLE_VALUE), rounds)
+    on, off = runs["recording"], runs["off"]
+    record = httpx.get(f"{proxies['recording'][0]}/v1/rlm/runs/{on.last['rlm']['run_id']}", timeout=30,
+                       headers={"authorization": f"Bearer {KEY}"})
+    record.raise_for_status()
+    on_wall, off_wall = statistics.median(on.walls), statistics.median(off.walls)
+    on_rss, off_rss = statistics.median(on.growths), statistics.median(off.growths)
     return [["10 MB needle run, wall time (median)", f"{on_wall * 1e3:.0f} ms", f"{off_wall * 1e3:.0f} ms",
              f"{on_wall / off_wall:.3f}"],
             ["proxy peak RSS growth per run (median)", f"{on_rss / MB:.1f} MB", f"{off_rss / MB:.1f} MB",
              f"{on_rss / off_rss:.3f}" if off_rss else "-"],
-            ["the run's record (GET /v1/rlm/runs/{id})", f"{record_bytes / 1024:.1f} KiB", "-", "-"]]
+            ["the run's record (GET /v1/rlm/runs/{id})", f"{len(record.content) / 1024:.1f} KiB", "-", "-"]]
+
+
+def streaming_gain(tmp: Path, procs: list[subprocess.Popen[bytes]], rounds: int, latency_ms: float,
+                   tokens_per_second: float) -> list[list[str]]:
+    """Root replies streamed (each block run at its closing fence) against read whole, with a mock that
+    writes at `tokens_per_second`: a model that stops at its block, and one that writes on after it."""
+    proxies = start_proxies(tmp, procs, start_mock(procs, tmp, latency_ms, tokens_per_second),
+                            {name: {"RLM_PROXY_RLM__STREAM_ROOT_REPLIES": streamed}
+                             for name, streamed in (("streamed", "true"), ("whole", "false"))})
+    rows = []
+    for what, policy in (("stops after its code", ""), ("writes on after its code", " [[policy:explains]]")):
+        runs = alternate(proxies, needle_prompt(MB, NEEDLE_KEY, NEEDLE_VALUE) + policy, rounds)
+        streamed, whole = (statistics.median(runs[name].walls) for name in ("streamed", "whole"))
+        rows.append([f"1 MB needle run, root model {what}", f"{streamed * 1e3:.0f} ms",
+                     f"{whole * 1e3:.0f} ms", f"{streamed / whole:.3f}"])
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,18 +246,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", type=int, default=500)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--record-cost", action="store_true", help="what recording a run costs (see above)")
+    parser.add_argument("--streaming-gain", action="store_true",
+                        help="root replies streamed against read whole (see above)")
+    parser.add_argument("--tokens-per-second", type=float, default=80.0, help="the mock's writing speed")
     args = parser.parse_args(argv)
     procs: list[subprocess.Popen[bytes]] = []
     rows: list[list[str]] = []
     with tempfile.TemporaryDirectory(prefix="bench-rlm-") as tmp:
-        if args.record_cost:
+        if args.record_cost or args.streaming_gain:
             try:
-                rows = record_cost(Path(tmp), procs, args.repeats)
+                if args.record_cost:
+                    title, columns = ("A run's trajectory record: recording on and off, side by side",
+                                      ["what", "recording", "off", "ratio"])
+                    rows = record_cost(Path(tmp), procs, args.repeats)
+                else:
+                    title, columns = (f"Streaming execution at {args.tokens_per_second:g} tokens/s and "
+                                      f"{args.latency_ms:g} ms a call: wall time (median), side by side",
+                                      ["what", "streamed", "read whole", "ratio"])
+                    rows = streaming_gain(Path(tmp), procs, args.repeats, args.latency_ms,
+                                          args.tokens_per_second)
             finally:
                 for proc in reversed(procs):
                     stop(proc)
-            show("A run's trajectory record: recording on and off, side by side",
-                 ["what", "recording", "off", "ratio"], rows)
+            show(title, columns, rows)
             if args.json:
                 args.json.write_text(json.dumps(rows, indent=2))
             return 0
