@@ -40,7 +40,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.passthrough import KEY, run, show, stop
+from bench.passthrough import KEY, descendants, run, show, stop
 from bench.rlm import MB, start_mock, start_proxy, status_kb
 from proxy.mock_policy import needle_prompt
 
@@ -51,25 +51,6 @@ LIVEZ_TARGET_S = 1.0
 # runs from 250 MiB. Some growth is legitimate: the in-process cache keeps what the runs stored.
 SETTLED_GROWTH_TARGET = 0.15
 ANSWERED = "answered"
-
-
-def descendants(pid: int) -> list[int]:
-    """`pid` and every live process below it."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z":
-                children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(children.get(current, []))
-    return found
 
 
 def tree_pss_kb(pid: int) -> tuple[int, int]:

@@ -8,6 +8,9 @@ LiteLLM Proxy (started by bench/litellm_baseline.sh, or already running at --lit
 Routes: /v1/chat/completions, /v1/responses and /v1/messages (both bridged to the mock's chat completions,
 so their added latency is measured against the mock's chat completions) and /v1/embeddings. A target that
 answers a route with 404 (not served there) is left out of that route, with a line saying so.
+Under load, each target's own CPU time per request is read from /proc for its process tree (the mock's,
+the proxy's, LiteLLM Proxy's when this script starts it), beside its requests per second: on 2 shared cores
+the client and the mock take much of the CPU and squeeze the throughput ratio toward 1.
 The client is a minimal HTTP/1.1 client on raw asyncio streams: an httpx.AsyncClient costs 0.3-0.5 ms per
 request here, several times the mock's own service time, which would blur what is being measured.
 """
@@ -64,6 +67,7 @@ class Target:
     url: str  # base URL
     model: str
     route_models: dict[str, str] = field(default_factory=dict)  # where a route needs another model name
+    pid: int | None = None  # the process whose tree's CPU time is its own (None: started elsewhere)
 
     def path_and_body(self, route: str, stream: bool = False) -> tuple[str, dict[str, Any]]:
         spec = ROUTES[route]
@@ -155,19 +159,61 @@ async def _drain(conn: Conn, request: bytes, budget: list[int]) -> None:
         await conn.call(request)
 
 
+@dataclass
+class Throughput:
+    req_per_s: dict[str, float]
+    cpu_ms_per_request: dict[str, float]  # the target's own process tree, from /proc
+
+
 async def concurrent(targets: Sequence[Target], total: int, concurrency: int, round_size: int,
-                     route: str = "chat") -> dict[str, float]:
-    """Requests/s with `concurrency` connections kept busy, in interleaved rounds of `round_size`."""
+                     route: str = "chat") -> Throughput:
+    """Requests/s with `concurrency` connections kept busy, in interleaved rounds of `round_size`, and the
+    CPU time each target's processes spent per request meanwhile."""
     elapsed = dict.fromkeys((t.name for t in targets), 0.0)
+    cpu = dict.fromkeys((t.name for t in targets), 0.0)
     for round_no, start in enumerate(range(0, total, round_size)):
         for target in rotated(targets, round_no):
             conns = [await Conn.open(target) for _ in range(concurrency)]  # connecting is not timed
-            budget, began = [min(round_size, total - start)], time.perf_counter()
-            request = target.request(route)
+            budget, request = [min(round_size, total - start)], target.request(route)
+            cpu_before = tree_cpu_s(target.pid)
+            began = time.perf_counter()
             await asyncio.gather(*(_drain(conn, request, budget) for conn in conns))
             elapsed[target.name] += time.perf_counter() - began
+            cpu[target.name] += tree_cpu_s(target.pid) - cpu_before
             await asyncio.gather(*(conn.close() for conn in conns))
-    return {name: total / seconds for name, seconds in elapsed.items()}
+    return Throughput({name: total / seconds for name, seconds in elapsed.items()},
+                      {name: seconds * 1e3 / total for name, seconds in cpu.items()})
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every live process below it."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def tree_cpu_s(pid: int | None) -> float:
+    """The CPU time (user and system) that `pid` and its live descendants have used so far; 0 without one."""
+    ticks = 0
+    for member in descendants(pid) if pid is not None else ():
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        ticks += int(fields[11]) + int(fields[12])  # utime and stime: stat's 14th and 15th fields
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -209,24 +255,26 @@ def start_all(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], tm
         "model_list": [{"model_name": "mock", "litellm_params": {
             "model": "openai/mock-model", "api_base": mock + "/v1", "api_key": "sk-anything"}}],
         "server": {"master_key": KEY}}))
-    targets = [Target(DIRECT, mock, "mock-model")]
+    targets = [Target(DIRECT, mock, "mock-model", pid=procs[-1].pid)]
     for name, fast in [(FAST, "true")] + ([] if args.skip_litellm_path else [(SLOW, "false")]):
         port = free_port()
         cmd = [*cli, "serve", "--config", str(config), "--port", str(port), "--workers", "1", "--log-level",
                "warning"]
         url = start(procs, cmd, port, "/readyz", tmp / f"proxy-fast-{fast}.log",
                     env={"RLM_PROXY_UPSTREAM__FAST_PATH": fast})
-        targets.append(Target(name, url, "mock"))
-    litellm_url = args.litellm_proxy_url
+        targets.append(Target(name, url, "mock", pid=procs[-1].pid))
+    litellm_url, litellm_pid = args.litellm_proxy_url, None
     if args.with_litellm_proxy and not litellm_url:
         port = free_port()
         script = Path(__file__).with_name("litellm_baseline.sh")
         litellm_url = start(procs, ["bash", str(script), mock, str(port)], port, "/health/liveliness",
                             tmp / "litellm-proxy.log", env={"LITELLM_WORKDIR": str(tmp)},  # config goes here
                             timeout_s=args.litellm_timeout)
+        litellm_pid = procs[-1].pid
     if litellm_url:
         # Its openai/ model would send /v1/responses to the mock's Responses API; this one bridges to chat.
-        targets.append(Target(LITELLM, litellm_url.rstrip("/"), "mock", {"responses": "mock-responses"}))
+        targets.append(Target(LITELLM, litellm_url.rstrip("/"), "mock", {"responses": "mock-responses"},
+                              pid=litellm_pid))
     return targets
 
 
@@ -257,7 +305,7 @@ def summarize(latencies: list[float], direct: list[float]) -> dict[str, float]:
             "added_p99_ms": (p[98] - d[98]) * 1e3, "mean_ms": statistics.fmean(latencies) * 1e3}
 
 
-Measured = dict[str, tuple[Latencies, dict[str, float]]]  # route -> (sequential latencies, req/s)
+Measured = dict[str, tuple[Latencies, Throughput]]  # route -> (sequential latencies, under load)
 FIGURES = ("p50_ms", "p99_ms", "added_p50_ms", "added_p99_ms")
 
 
@@ -270,6 +318,9 @@ def route_ratios(route: str, res: dict[str, dict[str, float]]) -> dict[str, floa
             ours, theirs = res[mine], res[LITELLM]
             ratios[f"{route}: added p99, {mine} / {LITELLM}"] = ours["added_p99_ms"] / theirs["added_p99_ms"]
             ratios[f"{route}: req/s, {mine} / {LITELLM}"] = ours["req_per_s"] / theirs["req_per_s"]
+            if theirs["cpu_ms_per_request"]:
+                ratios[f"{route}: CPU per request, {mine} / {LITELLM}"] = (ours["cpu_ms_per_request"]
+                                                                          / theirs["cpu_ms_per_request"])
     return ratios
 
 
@@ -277,15 +328,18 @@ def report(args: argparse.Namespace, measured: Measured, streamed: Latencies) ->
     cols = ["target", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms"]
     results: dict[str, dict[str, dict[str, float]]] = {}
     ratios: dict[str, float] = {}
-    for route, (seq, rps) in measured.items():
-        res = {name: {**summarize(lat, seq[DIRECT]), "req_per_s": rps[name]} for name, lat in seq.items()}
+    for route, (seq, load) in measured.items():
+        res = {name: {**summarize(lat, seq[DIRECT]), "req_per_s": load.req_per_s[name],
+                      "cpu_ms_per_request": load.cpu_ms_per_request[name]} for name, lat in seq.items()}
         results[route] = res
         baseline = "" if ROUTES[route].direct_path == ROUTES[route].path else \
             f" (bridged: direct is the mock's {ROUTES[route].direct_path})"
         show(f"{ROUTES[route].path}{baseline}, non-streaming: {args.requests} sequential requests per "
              f"target; req/s with {args.concurrency} in flight, {args.concurrent_requests} requests",
-             [*cols, f"req/s (C={args.concurrency})"],
-             [[name, *(f"{r[k]:.3f}" for k in FIGURES), f"{r['req_per_s']:.0f}"] for name, r in res.items()])
+             [*cols, f"req/s (C={args.concurrency})", "CPU ms/request"],
+             [[name, *(f"{r[k]:.3f}" for k in FIGURES), f"{r['req_per_s']:.0f}",
+               f"{r['cpu_ms_per_request']:.3f}" if r["cpu_ms_per_request"] else "-"]
+              for name, r in res.items()])
         ratios |= route_ratios(route, res)
     sse = {name: summarize(lat, streamed[DIRECT]) for name, lat in streamed.items()}
     if sse:
@@ -320,8 +374,8 @@ async def measure(args: argparse.Namespace, targets: list[Target]) -> tuple[Meas
         # Imports, pools and caches warm up in each server.
         await sequential(on_route, args.warmup, args.warmup, route=route)
         seq = await sequential(on_route, args.requests, args.round, route=route)
-        rps = await concurrent(on_route, args.concurrent_requests, args.concurrency, args.round * 5, route)
-        measured[route] = seq, rps
+        load = await concurrent(on_route, args.concurrent_requests, args.concurrency, args.round * 5, route)
+        measured[route] = seq, load
     if args.no_stream:
         return measured, {}
     pair = [t for t in targets if t.name in (DIRECT, FAST)]

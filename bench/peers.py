@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.load import descendants
-from bench.passthrough import show, stop
+from bench.passthrough import descendants, show, stop
 from bench.rlm import MB, rlm_request, start_mock, start_proxy, status_kb
 from proxy.mock_policy import FILLER, needle_prompt
 

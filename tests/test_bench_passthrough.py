@@ -16,9 +16,11 @@ from bench.passthrough import (
     ROUTES,
     Route,
     Target,
+    concurrent,
     route_ratios,
     sequential,
     serving,
+    tree_cpu_s,
 )
 from tests.harness import Mock, StartProxy, proxy_config
 
@@ -50,8 +52,20 @@ def test_served_routes_are_timed_and_unserved_ones_skipped(targets: list[Target]
 
 
 def test_ratios_per_route() -> None:
-    res = {FAST: {"added_p50_ms": 1.0, "added_p99_ms": 2.0, "req_per_s": 800.0},
-           LITELLM: {"added_p50_ms": 10.0, "added_p99_ms": 40.0, "req_per_s": 100.0}}
+    res = {FAST: {"added_p50_ms": 1.0, "added_p99_ms": 2.0, "req_per_s": 800.0, "cpu_ms_per_request": 0.5},
+           LITELLM: {"added_p50_ms": 10.0, "added_p99_ms": 40.0, "req_per_s": 100.0, "cpu_ms_per_request": 4}}
     assert route_ratios("embeddings", res) == {
         f"embeddings: added p50, {FAST} / {LITELLM}": 0.1, f"embeddings: added p99, {FAST} / {LITELLM}": 0.05,
-        f"embeddings: req/s, {FAST} / {LITELLM}": 8.0}
+        f"embeddings: req/s, {FAST} / {LITELLM}": 8.0,
+        f"embeddings: CPU per request, {FAST} / {LITELLM}": 0.125}
+
+
+def test_cpu_per_request_is_the_targets_own_process_tree(targets: list[Target], start_proxy: StartProxy,
+                                                         mock_upstream: Mock) -> None:
+    proxy = start_proxy(proxy_config(mock_upstream, server={"master_key": KEY}))
+    measured = [Target(FAST, proxy.url, "mock", pid=proxy.process.pid), Target(DIRECT, targets[0].url, "m")]
+    load = asyncio.run(concurrent(measured, 200, 8, 100))
+    assert set(load.req_per_s) == {FAST, DIRECT} and all(rate > 0 for rate in load.req_per_s.values())
+    assert load.cpu_ms_per_request[FAST] > 0  # the proxy worked for each request
+    assert load.cpu_ms_per_request[DIRECT] == 0  # no process of its own given: nothing counted
+    assert tree_cpu_s(proxy.process.pid) >= load.cpu_ms_per_request[FAST] * 200 / 1e3
