@@ -9,7 +9,8 @@ Each line shows the measured figure, its bound (the target) and their ratio: the
 2. The mode decision for a 40 MB prompt, beyond parsing the body (target < 100 ms).
 3. Per-block sandbox overhead: `x = 1` round trips in a warm session, p50 (target < 5 ms).
 4. Run start with a 100 MB context: a session from the warm pool, context loaded (target < 0.5 s).
-5. The proxy's peak RSS growth while serving a 40 MB prompt in RLM mode (target < 4x the prompt).
+5. Each sequential `llm_query` of a block, against a call to the mock made directly (target < 1 ms).
+6. The proxy's peak RSS growth while serving a 40 MB prompt in RLM mode (target < 4x the prompt).
 
 With `--streaming-gain` it measures what streaming execution saves: a 1 MB needle run against two proxies
 in front of one mock that writes at `--tokens-per-second` (80), one streaming root replies (each ```repl
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import statistics
 import subprocess
@@ -40,7 +42,7 @@ from typing import Any
 import httpx
 import orjson
 
-from bench.passthrough import KEY, free_port, show, start, stop
+from bench.passthrough import DIRECT, KEY, Target, free_port, run, sequential, show, start, stop
 from bench.sandbox import per_block, session_starts
 from proxy.config import RLMSettings
 from proxy.mock_policy import needle_prompt
@@ -122,6 +124,22 @@ def critical_path(proxy: str, latency_s: float, sizes: list[int], repeats: int) 
         rows.append(row(f"RLM run wall time, {size / MB:.0f} MB needle, {subcalls} sub-calls in one wave; "
                         f"bound 1.15 x 3 x {latency_s * 1e3:.0f} ms", wall, 1.15 * 3 * latency_s, "ms", 1e3))
     return rows
+
+
+def subcall_overhead(proxy: str, mock: str, calls: int) -> list[str]:
+    """What the proxy adds to each sequential `llm_query`: a block making `calls` of them one after another
+    (its duration, from the run's record) against as many calls made to the mock directly."""
+    code = f"for number in range({calls}):\n    llm_query(f'hello {{number}}')\n"
+    prompt = "[[exec:" + base64.b64encode(code.encode()).decode() + "]] Run it."
+    _, body = rlm_request(proxy, prompt)
+    record = httpx.get(f"{proxy}/v1/rlm/runs/{body['rlm']['run_id']}", timeout=30,
+                       headers={"authorization": f"Bearer {KEY}"}).json()
+    block = record["iterations"][0]["blocks"][0]
+    assert block["outcome"] == "ok" and len(block["subcalls"]) == calls, block
+    direct = run(sequential([Target(DIRECT, mock, "mock-model")], calls, calls))[DIRECT]
+    added = block["duration_s"] / calls - statistics.median(direct)
+    return row(f"each sequential llm_query, over a direct call to the mock ({calls} in one block)",
+               added, 0.001, "ms", 1e3)
 
 
 async def decision_time() -> list[str]:
@@ -277,7 +295,11 @@ def main(argv: list[str] | None = None) -> int:
             rows += critical_path(slow, args.latency_ms / 1000, [MB, 4 * MB], args.repeats)
             rows.append(asyncio.run(decision_time()))
             rows += asyncio.run(sandbox_figures(args.blocks))
-            fast = start_stack(procs, Path(tmp), 0)
+            mock = start_mock(procs, Path(tmp), 0)
+            fast = start_proxy(procs, Path(tmp), mock, 0)
+            for _ in range(2):  # the first warms the connections up
+                overhead = subcall_overhead(fast, mock, 200)
+            rows.append(overhead)
             rows.append(peak_memory(fast, procs[-1].pid))
         finally:
             for proc in reversed(procs):

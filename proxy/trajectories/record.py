@@ -29,6 +29,7 @@ from proxy.rlm.prompts import build_input
 
 FORMAT_VERSION = 1
 PREVIEW_CHARS = 200  # of the input's head and tail
+HASH_SLICE_CHARS = 1 << 20
 TERMINAL_EVENTS = ("run_finished", "run_failed", "run_cancelled")
 
 
@@ -43,9 +44,12 @@ def input_shape(run: RunRequest, store_context: bool) -> dict[str, Any]:
     """What the run was given: its kind, size, digest and edges; the whole of it only when asked."""
     context = build_input(run.messages).context
     text = context if isinstance(context, str) else orjson.dumps(context).decode()
+    digest = hashlib.sha256()
+    for start in range(0, len(text), HASH_SLICE_CHARS):  # never a whole encoded copy of a large input
+        digest.update(text[start:start + HASH_SLICE_CHARS].encode("utf-8", "surrogatepass"))
     shape: dict[str, Any] = {
         "type": "str" if isinstance(context, str) else "list", "messages": len(run.messages),
-        "chars": len(text), "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "chars": len(text), "sha256": digest.hexdigest(),
         "head": text[:PREVIEW_CHARS], "tail": text[-PREVIEW_CHARS:] if len(text) > PREVIEW_CHARS else ""}
     if store_context:
         shape["context"] = context
