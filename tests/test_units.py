@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from proxy.api.relay import relay
-from proxy.api.request import parse_chat_request
+from proxy.api.request import LARGE_BODY_BYTES, parse_chat_request, parse_json_body
 from proxy.auth import ANONYMOUS, Identity, KeyChecker
 from proxy.config import CacheSettings, KeyEntry, ServerSettings
 from proxy.errors import ProxyError
@@ -32,6 +32,36 @@ def test_parse_error_names_the_parameter() -> None:
     with pytest.raises(ProxyError) as info:
         parse_chat_request(b'{"model": "m", "messages": [{"role": "user", "content": "x"}, {"role": 1}]}')
     assert info.value.param == "messages[1].role"
+    assert info.value.status == 400
+
+
+PADDING = "x" * LARGE_BODY_BYTES  # makes a body large enough for the standard library's parser
+
+
+@pytest.mark.parametrize("value", ['"caf\u00e9 \\"quoted\\" \\n tab\\t"', '"\\ud83d\\ude00 emoji"',
+                                   '123456789012345678901234567890', "-9223372036854775808", "1.5e300",
+                                   "[1, 2.5, true, false, null, {}]", '{"a": {"b": [1]}, "a": 2}'])
+def test_a_large_body_parses_as_a_small_one_does(value: str) -> None:
+    small = f'{{"v": {value}}}'.encode()
+    large = bytearray(f'{{"v": {value}, "padding": "{PADDING}"}}'.encode())
+    parsed = parse_json_body(large)
+    assert parsed["v"] == parse_json_body(small)["v"] == orjson.loads(small)["v"]
+    assert type(parsed["v"]) is type(orjson.loads(small)["v"])
+    assert len(large) == 0 or b"\\u" in bytes(large)  # consumed, unless it went to orjson
+
+
+@pytest.mark.parametrize("value", ["NaN", "-Infinity", "1e400", '"\\ud800 alone"', '"\\udc00"'])
+def test_a_large_body_refuses_what_a_small_one_refuses(value: str) -> None:
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(f'{{"v": {value}}}')
+    with pytest.raises(ProxyError, match="not valid JSON") as info:
+        parse_json_body(f'{{"v": {value}, "padding": "{PADDING}"}}'.encode())
+    assert info.value.status == 400 and info.value.code == "invalid_json"
+
+
+def test_a_large_body_nesting_too_deep_for_the_parser_is_a_400() -> None:
+    with pytest.raises(ProxyError, match="nests too deep") as info:
+        parse_json_body(b'{"v": ' + b"[" * 100_000 + b" " * LARGE_BODY_BYTES)
     assert info.value.status == 400
 
 

@@ -6,6 +6,9 @@ checks the rest and its 400s are passed back.
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -22,6 +25,8 @@ _CONTAINERS = frozenset({dict, list})  # what orjson.loads makes of JSON objects
 # path, the cache key, the sandbox's context); litellm's path recurses in Python. 128 leaves ample room
 # for those while real requests (JSON schemas in `tools` and `response_format` included) stay far below.
 MAX_JSON_DEPTH = 128
+LARGE_BODY_BYTES = 1 << 20  # from here on a body is parsed by `_large_loads`
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 @dataclass(frozen=True)
@@ -59,14 +64,15 @@ def parse_json_body(raw: bytes | bytearray) -> dict[str, Any]:
     """A request body as a JSON object, refused with a 400 when it is not one or nests too deep.
 
     Every route that reads a JSON body parses it here, so that no body can reach a serialiser that
-    would fail on it.
+    would fail on it. A large bytearray body is consumed (emptied) as it is parsed.
     """
     if not raw or raw.isspace():  # (strip() would copy a body of many megabytes)
         raise invalid_request("The request body is empty; expected a JSON object.", code="invalid_json")
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise invalid_request(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+        body = _large_loads(raw) if len(raw) >= LARGE_BODY_BYTES else orjson.loads(raw)
+    except (ValueError, RecursionError) as exc:  # orjson.JSONDecodeError and UnicodeDecodeError included
+        detail = "it nests too deep" if isinstance(exc, RecursionError) else exc
+        raise invalid_request(f"The request body is not valid JSON: {detail}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_json")
     for name, value in body.items():
@@ -75,6 +81,37 @@ def parse_json_body(raw: bytes | bytearray) -> dict[str, Any]:
                                   f"most {MAX_JSON_DEPTH} levels, the body itself included.", param=name,
                                   code="json_too_deep")
     return body
+
+
+def _large_loads(raw: bytes | bytearray) -> Any:
+    """A large body parsed with the standard library, read as orjson reads it. Its parser keeps no copy
+    of the strings besides the text, so the body (when a bytearray, ours) is freed before parsing: the
+    peak is the text and the parsed body, where orjson holds the body, a copy inside its parser and the
+    parsed body (three times a prompt of 40 MB, against two). It is also faster for long strings (10 MB
+    in one string: about 5 ms against 16 ms here). Surrogate escapes go to orjson, which refuses a lone
+    one (the standard library would make a str that no encoder takes)."""
+    if _SURROGATE_ESCAPE.search(raw):
+        return orjson.loads(raw)
+    text = raw.decode()
+    if isinstance(raw, bytearray):
+        raw.clear()
+    return json.loads(text, parse_int=_as_orjson_int, parse_float=_finite, parse_constant=_no_constant)
+
+
+def _as_orjson_int(digits: str) -> int | float:
+    value = int(digits)
+    return value if -(2**63) <= value < 2**64 else float(value)  # orjson: beyond 64 bits, a float
+
+
+def _finite(digits: str) -> float:
+    value = float(digits)
+    if math.isinf(value):
+        raise ValueError(f"number is infinity when parsed as double: {digits[:40]}")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _nests_deeper_than(value: Any, limit: int) -> bool:
