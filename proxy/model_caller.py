@@ -1,8 +1,9 @@
 """The RLM engine's way to the models: name resolution, the cache, the upstream client, token and price
-facts, and the upstream metrics of every call that really went out."""
+facts, and the upstream metrics of every call that really went out; and the replay's way, the cache alone."""
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -21,45 +22,12 @@ CACHE_NAMESPACE = "rlm"
 WINDOW_SHARE = 0.9
 
 
-class UpstreamCaller:
-    def __init__(self, registry: ModelRegistry, upstream: Upstream, facts: ModelFacts,
-                 cache: Cache | None) -> None:
+class CallerFacts:
+    """What the engine asks about models besides calling them: their windows, prices and names."""
+
+    def __init__(self, registry: ModelRegistry, facts: ModelFacts) -> None:
         self._registry = registry
-        self._upstream = upstream
         self._facts = facts
-        self._cache = cache
-
-    async def complete(self, model: str, messages: list[dict[str, str]], params: dict[str, Any],
-                       cache: CachePolicy) -> ModelReply:
-        if self._cache is None or not (cache.read or cache.write):
-            # No-cache and no-store: no lookup, so no key to hash (~8 ms for 10 MB of prompts).
-            return await self._call(model, messages, params)
-
-        async def produce() -> bytes:
-            return orjson.dumps(asdict(await self._call(model, messages, params)))
-
-        key = cache_key(CACHE_NAMESPACE, model, messages, params, cache.scope)
-        value, hit = await self._cache.fetch(key, cache, produce)
-        stored = orjson.loads(value)
-        # JSON has no tuples: the calls come back as a list.
-        reply = replace(ModelReply(**stored), tool_calls=tuple(stored.get("tool_calls", ())), cached=hit,
-                        cache_key=key)
-        if hit and (metering := REQUEST_METERING.get()) is not None:
-            metering.saved(model, reply.cost_usd)
-        return reply
-
-    async def _call(self, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> ModelReply:
-        group = self._registry.resolve(model)
-        # Priced at the deployment that answered: a group's deployments (or fallbacks) may differ in price.
-        deployment, response = await self._upstream.complete_routed(
-            group, {"model": model, "messages": messages, **params})
-        prompt_tokens, completion_tokens = usage_tokens(response.get("usage"))
-        message = _reply_message(response)
-        content = message.get("content")
-        return ModelReply(text=content if isinstance(content, str) else "", prompt_tokens=prompt_tokens,
-                          completion_tokens=completion_tokens,
-                          cost_usd=self._facts.cost_usd(deployment, prompt_tokens, completion_tokens),
-                          tool_calls=_tool_calls(message.get("tool_calls")))
 
     def prompt_limit_chars(self, model: str) -> int | None:
         try:
@@ -81,6 +49,87 @@ class UpstreamCaller:
         except ProxyError as error:
             return error.message
         return None
+
+
+class UpstreamCaller(CallerFacts):
+    def __init__(self, registry: ModelRegistry, upstream: Upstream, facts: ModelFacts,
+                 cache: Cache | None) -> None:
+        super().__init__(registry, facts)
+        self._upstream = upstream
+        self._cache = cache
+
+    async def complete(self, model: str, messages: list[dict[str, str]], params: dict[str, Any],
+                       cache: CachePolicy) -> ModelReply:
+        if self._cache is None or not (cache.read or cache.write):
+            # No-cache and no-store: no lookup, so no key to hash (~8 ms for 10 MB of prompts).
+            return await self._call(model, messages, params)
+
+        async def produce() -> bytes:
+            return orjson.dumps(asdict(await self._call(model, messages, params)))
+
+        key = cache_key(CACHE_NAMESPACE, model, messages, params, cache.scope)
+        value, hit = await self._cache.fetch(key, cache, produce)
+        reply = _cached_reply(value, hit, key)
+        if hit and (metering := REQUEST_METERING.get()) is not None:
+            metering.saved(model, reply.cost_usd)
+        return reply
+
+    async def _call(self, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> ModelReply:
+        group = self._registry.resolve(model)
+        # Priced at the deployment that answered: a group's deployments (or fallbacks) may differ in price.
+        deployment, response = await self._upstream.complete_routed(
+            group, {"model": model, "messages": messages, **params})
+        prompt_tokens, completion_tokens = usage_tokens(response.get("usage"))
+        message = _reply_message(response)
+        content = message.get("content")
+        return ModelReply(text=content if isinstance(content, str) else "", prompt_tokens=prompt_tokens,
+                          completion_tokens=completion_tokens,
+                          cost_usd=self._facts.cost_usd(deployment, prompt_tokens, completion_tokens),
+                          tool_calls=_tool_calls(message.get("tool_calls")))
+
+
+class CacheMiss(ProxyError):
+    """A call a replay needed that the cache does not hold."""
+
+    def __init__(self, model: str, messages: list[dict[str, str]], key: str) -> None:
+        super().__init__(409, f"The call to '{model}' is not in the cache (key {key}); a replay never calls "
+                         "a model.", code="cache_miss")
+        self.model = model
+        self.messages = messages
+        self.key = key
+
+
+class CacheOnlyCaller(CallerFacts):
+    """The replay's caller: every call is served from the cache, and a miss raises `CacheMiss`; it holds no
+    upstream client, so a replay cannot reach a model. `recorded_hits` holds, per cache key, whether each
+    of the recorded run's calls with that key was a cache hit: a reply is marked cached as it was then, so
+    that the run's budget and figures are those of the record. The first miss is kept in `miss`: where the
+    replay diverged."""
+
+    def __init__(self, registry: ModelRegistry, facts: ModelFacts, cache: Cache,
+                 recorded_hits: dict[str, deque[bool]]) -> None:
+        super().__init__(registry, facts)
+        self._cache = cache
+        self._recorded_hits = recorded_hits
+        self.miss: CacheMiss | None = None
+
+    async def complete(self, model: str, messages: list[dict[str, str]], params: dict[str, Any],
+                       cache: CachePolicy) -> ModelReply:
+        key = cache_key(CACHE_NAMESPACE, model, messages, params, cache.scope)
+        value = await self._cache.lookup(key)
+        if value is None:
+            miss = CacheMiss(model, messages, key)
+            self.miss = self.miss or miss
+            raise miss
+        hits = self._recorded_hits.get(key)
+        return _cached_reply(value, hits.popleft() if hits else True, key)
+
+
+def _cached_reply(value: bytes, hit: bool, key: str) -> ModelReply:
+    stored = orjson.loads(value)
+    # JSON has no tuples: the calls come back as a list.
+    return replace(ModelReply(**stored), tool_calls=tuple(stored.get("tool_calls", ())), cached=hit,
+                   cache_key=key)
 
 
 def _reply_message(response: dict[str, Any]) -> dict[str, Any]:
