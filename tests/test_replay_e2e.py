@@ -34,7 +34,7 @@ MESSAGES = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "
 
 @pytest.fixture(scope="module")
 def proxy(own_mock_upstream: Mock, start_proxy: StartProxy, redis_server: Redis) -> Server:
-    return start_proxy(keyed(own_mock_upstream, cache={"redis_url": redis_server.url}))
+    return start_proxy(keyed(own_mock_upstream, cache={"redis_url": redis_server.url}, rlm={"max_depth": 2}))
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +142,38 @@ def test_a_flushed_cache_diverges_at_the_first_root_call(proxy: Server, own_mock
     assert upstream_requests(own_mock_upstream) == before
     again = finished(proxy, result["replay_run_id"], OTHER_KEY)
     assert again["status"] == "failed" and again["error"]["code"] == "cache_miss"
+
+
+def test_a_nested_run_replays_and_diverges_at_its_own_root_call(proxy: Server, own_mock_upstream: Mock,
+                                                                store: redis.Redis) -> None:
+    messages = [{"role": "user", "content": needle_prompt(200_000, KEY, VALUE, depth=0.8)
+                 + " [[policy:rlm_query]]"}]
+    run_id, record = run(proxy, messages)
+    nested = [step for step in record["iterations"] if step["depth"] == 2]
+    assert record["answer"] == VALUE and nested
+    before = upstream_requests(own_mock_upstream)
+    assert replay(proxy, run_id, body={"messages": messages}).json()["exact"] is True
+    gone = nested[0]["reply"]["cache_key"]
+    assert store.delete(gone) == 1
+    result = replay(proxy, run_id, body={"messages": messages}).json()
+    divergence = result["divergence"]
+    assert divergence["kind"] == "cache_miss" and divergence["call"] == "root"
+    assert divergence["cache_key"] == divergence["recorded_cache_key"] == gone
+    assert divergence["at"]["event"] == "root_replied" and divergence["at"]["depth"] == 2
+    assert divergence["at"]["iteration"] == 1
+    assert upstream_requests(own_mock_upstream) == before
+
+
+def test_a_key_replays_only_in_the_cache_scope_it_has_now(
+        proxy: Server, own_mock_upstream: Mock, start_proxy: StartProxy, redis_server: Redis) -> None:
+    run_id, _ = run(proxy)
+    # Another replica sharing the records, where keys share the cache with everyone: the key's scope is
+    # not the run's any more, and a key never replays in another scope.
+    shared = start_proxy(keyed(own_mock_upstream, cache={"redis_url": redis_server.url, "scope": "global"}))
+    response = replay(shared, run_id)
+    assert response.status_code == 409 and response.json()["error"]["code"] == "run_not_replayable"
+    assert "cache scope" in response.json()["error"]["message"]
+    assert replay(shared, run_id, MASTER_KEY).json()["exact"] is True
 
 
 def test_code_whose_output_changes_diverges_at_its_block(proxy: Server, own_mock_upstream: Mock) -> None:
