@@ -257,4 +257,6 @@ def test_a_stored_input_replays_without_the_messages(own_mock_upstream: Mock, st
     before = upstream_requests(own_mock_upstream)
     result = replay(proxy, run_id, body={}).json()
     assert result["exact"] is True and result["answer"] == VALUE
+    without_a_body = api(proxy, "POST", f"/v1/rlm/runs/{run_id}/replay", OTHER_KEY)
+    assert without_a_body.status_code == 200 and without_a_body.json()["exact"] is True
     assert upstream_requests(own_mock_upstream) == before

@@ -36,7 +36,7 @@ from proxy.trajectories.replay import (
 
 async def replay(request: Request, services: Services, identity: Identity, run_id: str) -> dict[str, Any]:
     raw = await request.body()
-    body = parse_json_body(raw) if raw.strip() else {}
+    body = parse_json_body(raw) if raw and not raw.isspace() else {}  # empty: the record holds the input
     messages = optional(body, "messages", list, "an array")
     if messages is not None:
         check_messages(messages)

@@ -1,5 +1,6 @@
-"""The runs API: the records of RLM runs (proxy/trajectories). A key sees only its own runs (any other run
-gets the 404 of a run that does not exist); the master key sees every run."""
+"""The runs API: the records of RLM runs (proxy/trajectories), and their replays (proxy/api/replay.py). A key
+sees only its own runs (any other run gets the 404 of a run that does not exist); the master key sees every
+run."""
 
 from __future__ import annotations
 
