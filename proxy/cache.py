@@ -241,6 +241,10 @@ class Cache:
         future.set_result(value)
         return value, from_another
 
+    async def lookup(self, key: str) -> bytes | None:
+        """The cached value, or None: a read, never a call (a replay takes its calls from the cache alone)."""
+        return await self._get(key)
+
     async def _once_across_replicas(self, key: str, policy: CachePolicy,
                                     produce: Callable[[], Awaitable[bytes]]) -> tuple[bytes, bool]:
         """`produce()`'s value (and False), or, when another replica is making the same call, its answer

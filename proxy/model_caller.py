@@ -1,8 +1,9 @@
 """The RLM engine's way to the models: name resolution, the cache, the upstream client, token and price
-facts, and the upstream metrics of every call that really went out."""
+facts, and the upstream metrics of every call that really went out; and the replay's way, the cache alone."""
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -21,12 +22,40 @@ CACHE_NAMESPACE = "rlm"
 WINDOW_SHARE = 0.9
 
 
-class UpstreamCaller:
+class CallerFacts:
+    """What the engine asks about models besides calling them: their windows, prices and names."""
+
+    def __init__(self, registry: ModelRegistry, facts: ModelFacts) -> None:
+        self._registry = registry
+        self._facts = facts
+
+    def prompt_limit_chars(self, model: str) -> int | None:
+        try:
+            window = self._facts.max_input_tokens(self._registry.resolve(model))
+        except ProxyError:
+            return None
+        return None if window is None else int(window * WINDOW_SHARE) * CHARS_PER_TOKEN
+
+    def estimate_cost_usd(self, model: str, prompt_chars: int, completion_tokens: int) -> float:
+        try:
+            deployment = self._registry.resolve(model)
+        except ProxyError:
+            return 0.0
+        return self._facts.cost_usd(deployment, estimate_tokens(prompt_chars), completion_tokens)
+
+    def unknown_model(self, model: str) -> str | None:
+        try:
+            self._registry.resolve(model)
+        except ProxyError as error:
+            return error.message
+        return None
+
+
+class UpstreamCaller(CallerFacts):
     def __init__(self, registry: ModelRegistry, upstream: Upstream, facts: ModelFacts,
                  cache: Cache | None) -> None:
-        self._registry = registry
+        super().__init__(registry, facts)
         self._upstream = upstream
-        self._facts = facts
         self._cache = cache
 
     async def complete(self, model: str, messages: list[dict[str, str]], params: dict[str, Any],
@@ -43,10 +72,7 @@ class UpstreamCaller:
 
         key = cache_key(CACHE_NAMESPACE, model, messages, params, cache.scope)
         value, hit = await self._cache.fetch(key, cache, produce)
-        stored = orjson.loads(value)
-        # JSON has no tuples: the calls come back as a list.
-        reply = replace(ModelReply(**stored), tool_calls=tuple(stored.get("tool_calls", ())), cached=hit,
-                        cache_key=key)
+        reply = _cached_reply(value, hit, key)
         if on_text is not None and not produced:  # from the cache, or another caller's call: all at once
             on_text(reply.text)
         if hit and (metering := REQUEST_METERING.get()) is not None:
@@ -94,26 +120,52 @@ class UpstreamCaller:
         return ModelReply(text=text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                           cost_usd=self._facts.cost_usd(answered[0], prompt_tokens, completion_tokens))
 
-    def prompt_limit_chars(self, model: str) -> int | None:
-        try:
-            window = self._facts.max_input_tokens(self._registry.resolve(model))
-        except ProxyError:
-            return None
-        return None if window is None else int(window * WINDOW_SHARE) * CHARS_PER_TOKEN
 
-    def estimate_cost_usd(self, model: str, prompt_chars: int, completion_tokens: int) -> float:
-        try:
-            deployment = self._registry.resolve(model)
-        except ProxyError:
-            return 0.0
-        return self._facts.cost_usd(deployment, estimate_tokens(prompt_chars), completion_tokens)
+class CacheMiss(ProxyError):
+    """A call a replay needed that the cache does not hold."""
 
-    def unknown_model(self, model: str) -> str | None:
-        try:
-            self._registry.resolve(model)
-        except ProxyError as error:
-            return error.message
-        return None
+    def __init__(self, model: str, messages: list[dict[str, str]], key: str) -> None:
+        super().__init__(409, f"The call to '{model}' is not in the cache (key {key}); a replay never calls "
+                         "a model.", code="cache_miss")
+        self.model = model
+        self.messages = messages
+        self.key = key
+
+
+class CacheOnlyCaller(CallerFacts):
+    """The replay's caller: every call is served from the cache, and a miss raises `CacheMiss`; it holds no
+    upstream client, so a replay cannot reach a model. `recorded_hits` holds, per cache key, whether each
+    of the recorded run's calls with that key was a cache hit: a reply is marked cached as it was then, so
+    that the run's budget and figures are those of the record. The first miss is kept in `miss`: where the
+    replay diverged."""
+
+    def __init__(self, registry: ModelRegistry, facts: ModelFacts, cache: Cache,
+                 recorded_hits: dict[str, deque[bool]]) -> None:
+        super().__init__(registry, facts)
+        self._cache = cache
+        self._recorded_hits = recorded_hits
+        self.miss: CacheMiss | None = None
+
+    async def complete(self, model: str, messages: list[dict[str, str]], params: dict[str, Any],
+                       cache: CachePolicy, on_text: TextSink | None = None) -> ModelReply:
+        key = cache_key(CACHE_NAMESPACE, model, messages, params, cache.scope)
+        value = await self._cache.lookup(key)
+        if value is None:
+            miss = CacheMiss(model, messages, key)
+            self.miss = self.miss or miss
+            raise miss
+        hits = self._recorded_hits.get(key)
+        reply = _cached_reply(value, hits.popleft() if hits else True, key)
+        if on_text is not None:
+            on_text(reply.text)
+        return reply
+
+
+def _cached_reply(value: bytes, hit: bool, key: str) -> ModelReply:
+    stored = orjson.loads(value)
+    # JSON has no tuples: the calls come back as a list.
+    return replace(ModelReply(**stored), tool_calls=tuple(stored.get("tool_calls", ())), cached=hit,
+                   cache_key=key)
 
 
 def _reply_message(response: dict[str, Any]) -> dict[str, Any]:

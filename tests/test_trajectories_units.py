@@ -10,8 +10,13 @@ from typing import Any
 import orjson
 import pytest
 
+from proxy.cache import CachePolicy
 from proxy.config import Settings
-from proxy.trajectories.record import cut, timeline
+from proxy.rlm.budget import RunLimits
+from proxy.rlm.engine import RunRequest
+from proxy.rlm.prompts import build_input
+from proxy.trajectories.record import cut, input_shape, timeline
+from proxy.trajectories.replay import input_mismatch, stored_messages
 from proxy.trajectories.secrets import REDACTED, Redactor, known_secrets
 from proxy.trajectories.store import MemoryRuns
 
@@ -112,3 +117,24 @@ def test_the_records_directory_must_be_writable(tmp_path: Any) -> None:
     assert Settings(trajectories={"dir": str(tmp_path)}).trajectories.dir == tmp_path
     with pytest.raises(ValueError, match="not a writable directory"):
         Settings(trajectories={"dir": str(tmp_path / "missing")})
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "system", "content": "Be brief."}, {"role": "developer", "content": "Cite."},
+     {"role": "user", "content": [{"type": "text", "text": "the whole input"}]}],
+    [{"role": "user", "content": "find it"},
+     {"role": "assistant", "content": "", "tool_calls": [
+         {"id": "c1", "type": "function", "function": {"name": "look", "arguments": "{}"}}]},
+     {"role": "tool", "tool_call_id": "c1", "content": "found"}],
+    [{"role": "user", "content": "only this"}],
+])
+def test_a_stored_input_gives_the_engine_the_recorded_input_again(messages: list[dict[str, Any]]) -> None:
+    """A replay without the request's messages rebuilds them from the stored context and system text."""
+    run = RunRequest(messages=messages, root_model="m", sub_model="m", cache=CachePolicy(""),
+                     limits=RunLimits(max_iterations=1, max_depth=1, max_subcalls=0, max_cost_usd=None,
+                                      timeout_s=1))
+    shape = input_shape(run, store_context=True)
+    rebuilt = stored_messages(shape)
+    assert build_input(rebuilt) == build_input(messages)
+    assert input_mismatch(shape, rebuilt) is None
+    assert input_mismatch(shape, [*messages, {"role": "user", "content": "more"}]) is not None

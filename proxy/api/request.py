@@ -132,7 +132,7 @@ def _nests_deeper_than(value: Any, limit: int) -> bool:
 def parse_chat_request(raw: bytes | bytearray) -> ChatRequest:
     body = parse_json_body(raw)
     model = model_name(body)
-    _check_messages(required(body, "messages", list, "an array"))
+    check_messages(required(body, "messages", list, "an array"))
     stream, include_usage = stream_flags(body)
     rlm = rlm_options(body.pop("rlm", None))
     return ChatRequest(body=body, model=model, stream=stream, include_usage=include_usage, rlm=rlm)
@@ -229,7 +229,7 @@ def wrong_type(param: str, described: str, value: Any) -> ProxyError:
                            code="invalid_type")
 
 
-def _check_messages(messages: list[Any]) -> None:
+def check_messages(messages: list[Any]) -> None:
     if not messages:
         raise invalid_request("'messages' must contain at least one message.", param="messages",
                               code="invalid_value")

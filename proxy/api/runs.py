@@ -1,5 +1,6 @@
-"""The runs API: the records of RLM runs (proxy/trajectories). A key sees only its own runs (any other run
-gets the 404 of a run that does not exist); the master key sees every run."""
+"""The runs API: the records of RLM runs (proxy/trajectories), and their replays (proxy/api/replay.py). A key
+sees only its own runs (any other run gets the 404 of a run that does not exist); the master key sees every
+run."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from proxy.api.deps import IdentityDep, Services, get_services
+from proxy.api.replay import replay
 from proxy.api.rlm import HEARTBEAT, with_heartbeats
 from proxy.api.streaming import SSEResponse
 from proxy.errors import ProxyError, invalid_request
@@ -52,6 +54,13 @@ async def get_run(run_id: str, services: RecordingDep, identity: IdentityDep) ->
 async def delete_run(run_id: str, services: RecordingDep, identity: IdentityDep) -> Response:
     await services.trajectories.delete(run_id, identity)
     return _json(services.trajectories, {"id": run_id, "object": "rlm.run.deleted", "deleted": True})
+
+
+@router.post("/v1/rlm/runs/{run_id}/replay")
+async def replay_run(run_id: str, request: Request, services: RecordingDep,
+                     identity: IdentityDep) -> Response:
+    """The run again with every model call served from the cache; where it diverged, if it did."""
+    return _json(services.trajectories, await replay(request, services, identity, run_id))
 
 
 @router.get("/v1/rlm/runs/{run_id}/events")

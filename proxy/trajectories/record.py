@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from proxy.rlm.engine import RunRequest
+from proxy.rlm.engine import ROOT_PARAMS, RunRequest
 from proxy.rlm.events import (
     BlockExecuted,
     BlockStarted,
@@ -25,7 +25,7 @@ from proxy.rlm.events import (
     SubcallsDispatched,
     SubcallsFinished,
 )
-from proxy.rlm.prompts import build_input
+from proxy.rlm.prompts import RunInput, build_input
 
 FORMAT_VERSION = 1
 PREVIEW_CHARS = 200  # of the input's head and tail
@@ -41,30 +41,59 @@ def cut(text: str, limit: int) -> str:
 
 
 def input_shape(run: RunRequest, store_context: bool) -> dict[str, Any]:
-    """What the run was given: its kind, size, digest and edges; the whole of it only when asked."""
-    context = build_input(run.messages).context
-    text = context if isinstance(context, str) else orjson.dumps(context).decode()
-    digest = hashlib.sha256()
-    for start in range(0, len(text), HASH_SLICE_CHARS):  # never a whole encoded copy of a large input
-        digest.update(text[start:start + HASH_SLICE_CHARS].encode("utf-8", "surrogatepass"))
+    """What the run was given: its kind, size, digests and edges; the whole of it only when asked."""
+    run_input = build_input(run.messages)
+    context = run_input.context
+    text = context_text(context)
+    sha256, request_sha256 = input_digests(run_input, text)
     shape: dict[str, Any] = {
         "type": "str" if isinstance(context, str) else "list", "messages": len(run.messages),
-        "chars": len(text), "sha256": digest.hexdigest(),
+        "chars": len(text), "sha256": sha256, "request_sha256": request_sha256,
         "head": text[:PREVIEW_CHARS], "tail": text[-PREVIEW_CHARS:] if len(text) > PREVIEW_CHARS else ""}
     if store_context:
         shape["context"] = context
+        shape["system"] = run_input.system
     return shape
 
 
-def header(run: RunRequest, key_alias: str, started_at: float, input_: dict[str, Any]) -> dict[str, Any]:
+def context_text(context: str | list[dict[str, str]]) -> str:
+    return context if isinstance(context, str) else orjson.dumps(context).decode()
+
+
+def input_digests(run_input: RunInput, text: str) -> tuple[str, str]:
+    """SHA-256 of the context (`text`), and of everything the run takes from the messages: the context, the
+    question, the system text and the tool results (a replay's messages must match both)."""
+    digest = hashlib.sha256()
+    for start in range(0, len(text), HASH_SLICE_CHARS):  # never a whole encoded copy of a large input
+        digest.update(text[start:start + HASH_SLICE_CHARS].encode("utf-8", "surrogatepass"))
+    sha256 = digest.hexdigest()
+    rest = {"context": sha256, "system": run_input.system, "tool_results": run_input.tool_results,
+            # Of a str context the question is the context itself.
+            "question": None if isinstance(run_input.context, str) else run_input.question}
+    return sha256, hashlib.sha256(orjson.dumps(rest, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def header(run: RunRequest, key_alias: str, started_at: float, input_: dict[str, Any],
+           replay_of: str | None = None) -> dict[str, Any]:
     limits = run.limits
     return {"object": "rlm.run", "version": FORMAT_VERSION, "id": run.run_id, "status": "running",
             "key_alias": key_alias, "root_model": run.root_model, "sub_model": run.sub_model,
             "limits": {"max_iterations": limits.max_iterations, "max_depth": limits.max_depth,
                        "max_subcalls": limits.max_subcalls, "max_cost_usd": limits.max_cost_usd,
                        "timeout_s": limits.timeout_s},
+            "request": request_facts(run), "replay_of": replay_of,
             "input": input_, "started_at": started_at, "finished_at": None, "answer": None,
             "finish_reason": None, "stopped": None, "totals": None, "error": None}
+
+
+def request_facts(run: RunRequest) -> dict[str, Any]:
+    """What else the root model's calls depend on, kept so that the run can be replayed: its sampling
+    parameters, the client's tools, and the cache's scope and use."""
+    tools = run.tools
+    return {"root_params": {k: run.root_params[k] for k in ROOT_PARAMS if k in run.root_params},
+            "tools": None if tools is None else {"tools": list(tools.tools), "choice": tools.choice,
+                                                 "parallel": tools.parallel},
+            "cache": {"scope": run.cache.scope, "read": run.cache.read, "write": run.cache.write}}
 
 
 def call_dict(call: ModelCall, limit: int) -> dict[str, Any]:

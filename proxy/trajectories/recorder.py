@@ -97,14 +97,16 @@ class Trajectories:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def recorded(self, events: AsyncIterator[Event], run: RunRequest, identity: Identity,
-                 caller_keys: Sequence[str] = ()) -> AsyncIterator[Event]:
+                 caller_keys: Sequence[str] = (), replay_of: str | None = None) -> AsyncIterator[Event]:
         """The run's events, recorded as they pass (unchanged when recording is off). `caller_keys`, what the
         request came with, are redacted from this run's record too: keys made through the admin API are
-        known only by their hash, so only the request that presents one can tell what to hide."""
-        return self._recording(events, run, identity, caller_keys) if self._settings.enabled else events
+        known only by their hash, so only the request that presents one can tell what to hide. A replay
+        names the run it replays in `replay_of`."""
+        return (self._recording(events, run, identity, caller_keys, replay_of) if self._settings.enabled
+                else events)
 
     async def _recording(self, events: AsyncIterator[Event], run: RunRequest, identity: Identity,
-                         caller_keys: Sequence[str]) -> AsyncIterator[Event]:
+                         caller_keys: Sequence[str], replay_of: str | None) -> AsyncIterator[Event]:
         limit = self._settings.max_text_chars
         secrets = sorted((key for key in caller_keys if len(key) >= MIN_SECRET_CHARS), key=len, reverse=True)
         own = Redactor(secrets) if secrets else None
@@ -117,7 +119,8 @@ class Trajectories:
             return value if cleaned is encoded else orjson.loads(cleaned)  # parsed again only if it held one
 
         live = LiveRun(identity.key_hash, hidden(header(run, identity.alias, time.time(),
-                                                        input_shape(run, self._settings.store_context))))
+                                                        input_shape(run, self._settings.store_context),
+                                                        replay_of)))
         self._live[run.run_id] = live
         self._save(live)
         try:
@@ -160,7 +163,8 @@ class Trajectories:
             while live.dirty and not live.deleted:
                 live.dirty = False
                 summary = {**live.header, "owner": live.owner,
-                           "input": {k: v for k, v in live.header["input"].items() if k != "context"}}
+                           "input": {k: v for k, v in live.header["input"].items()
+                                     if k not in ("context", "system")}}
                 try:
                     await self._store.save(summary, self.encode(live.record()))
                 except Exception as error:
