@@ -133,3 +133,43 @@ def test_through_the_proxy_the_block_starts_before_the_reply_ends(paced_mock: Mo
     # The mock writes about 120 tokens (1.2 s) after the block: streamed, the block has run by then.
     ran_first = first.index("block_executed") < first.index("root_replied")
     assert ran_first == streamed, first
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The context loads while the root model writes its first reply
+
+
+class WaitingPool:
+    """A pool whose sessions start loading only once the first root call has come in."""
+
+    def __init__(self, pool: SandboxPool, root_called: asyncio.Event) -> None:
+        self._pool = pool
+        self._root_called = root_called
+
+    async def session(self, context: str | list[dict[str, Any]]) -> Any:
+        await asyncio.wait_for(self._root_called.wait(), 10)  # times out if the load comes first
+        return await self._pool.session(context)
+
+
+class FirstCallSignals(StreamingCaller):
+    def __init__(self, root_called: asyncio.Event) -> None:
+        super().__init__()
+        self.root_called = root_called
+
+    async def complete(self, model: str, messages: list[dict[str, str]], params: dict[str, Any],
+                       cache: CachePolicy, on_text: TextSink | None = None) -> ModelReply:
+        if messages[0]["role"] == "system":
+            self.root_called.set()
+        return await super().complete(model, messages, params, cache, on_text)
+
+
+@in_module_loop
+async def test_the_first_root_call_does_not_wait_for_the_context_to_load(pool: SandboxPool) -> None:
+    root_called = asyncio.Event()
+    limits = RunLimits(max_iterations=3, max_depth=1, max_subcalls=10, max_cost_usd=None, timeout_s=60)
+    request = RunRequest(messages=[{"role": "user", "content": "some context " * 100}], root_model="m",
+                         sub_model="m", limits=limits, cache=CachePolicy(""))
+    engine = RLMEngine(FirstCallSignals(root_called), WaitingPool(pool, root_called),  # type: ignore[arg-type]
+                       RLMSettings(min_coverage_to_answer=0))
+    events = [event async for event in engine.run(request)]
+    assert isinstance(events[-1], RunFinished) and events[-1].answer == "42"

@@ -136,8 +136,11 @@ class _Run:
     request: RunRequest
     budget: Budget
     stats: RunStats
-    emit: Callable[[Event], None]
+    events: _Emitter
     subcalls: asyncio.Semaphore
+
+    def emit(self, event: Event) -> None:
+        self.events.emit(event)
 
 
 class RLMEngine:
@@ -150,8 +153,8 @@ class RLMEngine:
         """Events until (and including) `RunFinished`. Closing the iterator early cancels the run: the
         worker is killed and pending sub-calls are cancelled."""
         queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
-        run = _Run(request, Budget(request.limits, request.shared_budget), RunStats(), queue.put_nowait,
-                   asyncio.Semaphore(self._settings.subcall_concurrency))
+        run = _Run(request, Budget(request.limits, request.shared_budget), RunStats(),
+                   _Emitter(queue.put_nowait), asyncio.Semaphore(self._settings.subcall_concurrency))
 
         async def drive() -> None:
             try:
@@ -201,7 +204,8 @@ class RLMEngine:
             prompts.system_prompt(settings, self._settings.system_prompt),
             prompts.context_card(run_input, sub_chars),
             self._caller.prompt_limit_chars(run.request.root_model))
-        session = await self._sandbox.session(run_input.context)
+        # The context loads into a worker while the root model writes its first reply (which needs none).
+        session = _LoadingSession(self._sandbox.session(run_input.context))
         try:
             stopped: Limit | None
             try:
@@ -221,7 +225,7 @@ class RLMEngine:
         finally:
             await session.close()
 
-    async def _iterate(self, run: _Run, conversation: _Conversation, session: SandboxSession,
+    async def _iterate(self, run: _Run, conversation: _Conversation, session: _LoadingSession,
                        run_input: prompts.RunInput, depth: int, tools: ClientTools | None) -> _Answer | None:
         """The answer, or None when a limit stopped the loop first."""
         limits = run.request.limits
@@ -262,7 +266,7 @@ class RLMEngine:
                 if parsed.answered and answer is None:
                     notes.append(prompts.NOTE_CODE_BEFORE_ANSWER)
             elif parsed.final_variable is not None:
-                answer, problem = await session.resolve_variable(parsed.final_variable)
+                answer, problem = await (await session.get()).resolve_variable(parsed.final_variable)
                 if answer is None:
                     notes.append(prompts.note_missing_variable(parsed.final_variable, problem))
             elif parsed.final_answer is not None:
@@ -271,7 +275,7 @@ class RLMEngine:
                 notes.append(prompts.NOTE_INLINE_FINAL)
             elif not parsed.other_code_languages:
                 notes.append(prompts.NOTE_NO_CODE_NO_ANSWER)
-            coverage = session.coverage
+            coverage = (await session.get()).coverage
             if depth == 1:  # the figure reported is about the request's own context
                 run.stats.coverage = max(run.stats.coverage, coverage)
             if answer is not None:
@@ -283,10 +287,10 @@ class RLMEngine:
                                                       limits.max_iterations))
         return None
 
-    async def _execute(self, run: _Run, session: SandboxSession, handler: _SubcallHandler, iteration: int,
+    async def _execute(self, run: _Run, session: _LoadingSession, handler: _SubcallHandler, iteration: int,
                        depth: int, number: int, code: str) -> ExecResult:
         run.emit(BlockStarted(iteration=iteration, block=number, depth=depth, code=code))
-        result = await session.execute(code, handler)
+        result = await (await session.get()).execute(code, handler)
         run.stats.blocks += 1
         run.emit(BlockExecuted(iteration=iteration, block=number, depth=depth, outcome=result.outcome,
                                duration_s=result.duration_s, output_chars=len(result.output),
@@ -294,7 +298,7 @@ class RLMEngine:
                                peak_rss_bytes=result.peak_rss_bytes))
         return result
 
-    async def _final_request(self, run: _Run, conversation: _Conversation, session: SandboxSession,
+    async def _final_request(self, run: _Run, conversation: _Conversation, session: _LoadingSession,
                              limit: Limit, depth: int) -> str:
         conversation.add("user", prompts.FINAL_REQUEST.format(limit=limit))
         # Without tools: a run stopped by a limit ends in its best text answer, never in a tool call.
@@ -302,7 +306,7 @@ class RLMEngine:
                                        final=True)).text
         parsed = parse_reply(reply)
         if parsed.final_variable is not None:
-            value, _ = await session.resolve_variable(parsed.final_variable)
+            value, _ = await (await session.get()).resolve_variable(parsed.final_variable)
             if value is not None:
                 return value
         if parsed.final_answer is not None:
@@ -316,13 +320,19 @@ class RLMEngine:
         if tools is not None:
             params |= tools.params()
         started = time.monotonic()
-        reply = await self._caller.complete(run.request.root_model, messages, params, run.request.cache,
-                                            on_text)
+        # What blocks started during the reply do is told after it, in the order of a reply read whole.
+        held = run.events.hold()
+        try:
+            reply = await self._caller.complete(run.request.root_model, messages, params, run.request.cache,
+                                                on_text)
+        except BaseException:
+            run.events.release(held)
+            raise
         run.stats.record(reply)
         run.budget.spend(0.0 if reply.cached else reply.cost_usd)
         call = reply.as_call(run.request.root_model, sum(len(m["content"]) for m in messages),
                              time.monotonic() - started)
-        run.emit(RootReplied(iteration=iteration, depth=depth, call=call, final=final))
+        run.events.release(held, RootReplied(iteration=iteration, depth=depth, call=call, final=final))
         return reply
 
     async def subcall(self, run: _Run, model: str, prompt: str, reserved_usd: float) -> ModelCall:
@@ -354,6 +364,55 @@ class RLMEngine:
         run.stats.max_depth = max(run.stats.max_depth, depth)
         answer, _ = await self._solve(run, run_input, depth, deadline=None)
         return answer.text
+
+
+class _Emitter:
+    """The run's events, in the order they would come if root replies were read whole: while a root reply
+    streams in, the events of the blocks it has started already are held, and told after the reply's own.
+    Holds nest as runs do (a nested run's reply inside a block that runs while its parent's reply streams):
+    what an inner hold releases goes to the hold below it, if that is still held."""
+
+    def __init__(self, put: Callable[[Event], None]) -> None:
+        self._put = put
+        self._holds: list[list[Event]] = []
+
+    def emit(self, event: Event) -> None:
+        if self._holds:
+            self._holds[-1].append(event)
+        else:
+            self._put(event)
+
+    def hold(self) -> list[Event]:
+        held: list[Event] = []
+        self._holds.append(held)
+        return held
+
+    def release(self, held: list[Event], first: Event | None = None) -> None:
+        at = next(index for index, other in enumerate(self._holds) if other is held)
+        del self._holds[at]
+        events = [first, *held] if first is not None else held
+        if at > 0:
+            self._holds[at - 1].extend(events)
+        else:
+            for event in events:
+                self._put(event)
+
+
+class _LoadingSession:
+    """A run's sandbox session while its context may still be loading: whoever needs it waits for it."""
+
+    def __init__(self, loading: Awaitable[SandboxSession]) -> None:
+        self._task = asyncio.ensure_future(loading)
+
+    async def get(self) -> SandboxSession:
+        return await asyncio.shield(self._task)  # a waiter's cancellation is not the load's: close() ends it
+
+    async def close(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+        await asyncio.wait([self._task])
+        if not self._task.cancelled() and self._task.exception() is None:
+            await self._task.result().close()
 
 
 class _Blocks:
