@@ -59,6 +59,7 @@ class ModelCall:
     duration_s: float
     cache_key: str  # "" when the call did not go through the cache
     prompt: str = ""  # sub-calls only: a root call's prompt is the conversation, told by the other events
+    started_at: float = 0.0  # Unix time the call began (sub-calls may wait for a slot after their dispatch)
 
 
 @dataclass(frozen=True)
