@@ -1,27 +1,18 @@
 """OpenTelemetry traces end to end: the official openai SDK sends requests (with a W3C `traceparent`) through
 the real proxy (uvicorn, sandbox workers) to the mock upstream; the proxy exports over OTLP/HTTP to a real
-receiver in this test, which decodes the protobuf payloads."""
+receiver (bench.otlp_sink, in this process), which decodes the protobuf payloads."""
 
 from __future__ import annotations
 
-import gzip
 import secrets
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import openai
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from bench.otlp_sink import OTLPReceiver, ReceivedSpan
 from proxy.mock_policy import needle_prompt
 from tests.harness import MASTER_KEY, Mock, Server, StartProxy, rlm_config
 
@@ -30,91 +21,27 @@ SERVER, CLIENT = Span.SpanKind.SPAN_KIND_SERVER, Span.SpanKind.SPAN_KIND_CLIENT
 ERROR = Status.StatusCode.STATUS_CODE_ERROR
 
 
-@dataclass
-class Received:
-    name: str
-    kind: int
-    trace_id: str
-    span_id: str
-    parent_id: str
-    start_ns: int
-    end_ns: int
-    status: int
-    attributes: dict[str, Any]
-    service: str
-
-
-def _value(value: AnyValue) -> Any:
-    return getattr(value, value.WhichOneof("value"))
-
-
-class Receiver:
-    """An OTLP/HTTP trace receiver: POST /v1/traces with an ExportTraceServiceRequest in protobuf."""
-
-    def __init__(self) -> None:
-        self.spans: list[Received] = []
-        self.paths: list[str] = []
-        lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                if self.headers.get("content-encoding") == "gzip":
-                    body = gzip.decompress(body)
-                request = ExportTraceServiceRequest.FromString(body)
-                with lock:
-                    receiver.paths.append(self.path)
-                    receiver.spans.extend(_decoded(request))
-                answer = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("content-type", "application/x-protobuf")
-                self.send_header("content-length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def trace(self, trace_id: str, until: Any, timeout_s: float = 20) -> list[Received]:
-        """The spans of one trace, once `until(spans)` holds."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            spans = [span for span in self.spans if span.trace_id == trace_id]
-            if until(spans):
-                return spans
-            assert time.monotonic() < deadline, [(s.name, s.attributes) for s in spans]
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
-def _decoded(request: ExportTraceServiceRequest) -> Iterator[Received]:
-    for resource_spans in request.resource_spans:
-        resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
-        for scope_spans in resource_spans.scope_spans:
-            for span in scope_spans.spans:
-                yield Received(span.name, span.kind, span.trace_id.hex(), span.span_id.hex(),
-                               span.parent_span_id.hex(), span.start_time_unix_nano, span.end_time_unix_nano,
-                               span.status.code, {a.key: _value(a.value) for a in span.attributes},
-                               resource["service.name"])
+def trace_of(receiver: OTLPReceiver, trace_id: str, until: Callable[[list[ReceivedSpan]], bool],
+             timeout_s: float = 20) -> list[ReceivedSpan]:
+    """The spans of one trace, once `until(spans)` holds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        spans = [span for span in receiver.spans if span.trace_id == trace_id]
+        if until(spans):
+            return spans
+        assert time.monotonic() < deadline, [(s.name, s.attributes) for s in spans]
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
+def receiver() -> Iterator[OTLPReceiver]:
+    server = OTLPReceiver()
     yield server
     server.close()
 
 
 @pytest.fixture(scope="module")
-def proxy(mock_upstream: Mock, start_proxy: StartProxy, receiver: Receiver) -> Server:
+def proxy(mock_upstream: Mock, start_proxy: StartProxy, receiver: OTLPReceiver) -> Server:
     # The standard variables: the endpoint, and a short batch delay so that spans arrive at once.
     config = rlm_config(mock_upstream, rlm={"max_depth": 2}, otel={"service_name": "proxy-under-test"})
     return start_proxy(config, env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
@@ -131,23 +58,23 @@ def client(proxy: Server, header: str) -> openai.OpenAI:
                          default_headers={"traceparent": header})
 
 
-def children(spans: list[Received], parent: Received, name: str | None = None) -> list[Received]:
+def children(spans: list[ReceivedSpan], parent: ReceivedSpan, name: str | None = None) -> list[ReceivedSpan]:
     return [s for s in spans if s.parent_id == parent.span_id and (name is None or s.name == name)]
 
 
-def within(child: Received, parent: Received) -> bool:
+def within(child: ReceivedSpan, parent: ReceivedSpan) -> bool:
     slack = 5_000_000  # 5 ms: a call's start is its end less its duration, on another clock reading
     return parent.start_ns - slack <= child.start_ns <= child.end_ns <= parent.end_ns + slack
 
 
-def test_an_rlm_run_is_traced_under_the_callers_span(proxy: Server, receiver: Receiver) -> None:
+def test_an_rlm_run_is_traced_under_the_callers_span(proxy: Server, receiver: OTLPReceiver) -> None:
     trace_id, caller_span, header = traceparent()
     prompt = needle_prompt(200_000, KEY, VALUE, depth=0.8) + " [[policy:rlm_query]]"
     raw = client(proxy, header).chat.completions.with_raw_response.create(
         model="mock", messages=[{"role": "user", "content": prompt}], extra_headers={"x-rlm-mode": "on"})
     assert raw.parse().choices[0].message.content == VALUE
     run_id = raw.headers["x-rlm-run-id"]
-    spans = receiver.trace(trace_id, lambda got: any(s.kind == SERVER for s in got))
+    spans = trace_of(receiver, trace_id, lambda got: any(s.kind == SERVER for s in got))
 
     (request,) = [s for s in spans if s.kind == SERVER]
     assert request.parent_id == caller_span  # the caller's trace, joined
@@ -195,14 +122,14 @@ def test_an_rlm_run_is_traced_under_the_callers_span(proxy: Server, receiver: Re
 
 
 def test_a_passthrough_request_gets_a_request_span_and_a_model_call_span(proxy: Server,
-                                                                         receiver: Receiver) -> None:
+                                                                         receiver: OTLPReceiver) -> None:
     for stream in (False, True):
         trace_id, caller_span, header = traceparent()
         answer = client(proxy, header).chat.completions.create(
             model="mock", messages=[{"role": "user", "content": "Say hi."}], stream=stream)
         if stream:
             list(answer)  # type: ignore[arg-type]
-        spans = receiver.trace(trace_id, lambda got: len(got) == 2)
+        spans = trace_of(receiver, trace_id, lambda got: len(got) == 2)
         (request,) = [s for s in spans if s.kind == SERVER]
         (call,) = children(spans, request)
         assert request.parent_id == caller_span
@@ -214,7 +141,7 @@ def test_a_passthrough_request_gets_a_request_span_and_a_model_call_span(proxy: 
 
 
 def test_errors_set_the_span_status_and_untraced_callers_start_a_trace(proxy: Server,
-                                                                      receiver: Receiver) -> None:
+                                                                      receiver: OTLPReceiver) -> None:
     plain = openai.OpenAI(base_url=proxy.url + "/v1", api_key=MASTER_KEY, max_retries=0)
     failing = f"[[mock:status=500 times=10 id={secrets.token_hex(4)}]] Hi."
     with pytest.raises(openai.APIStatusError) as refused:
@@ -226,16 +153,16 @@ def test_errors_set_the_span_status_and_untraced_callers_start_a_trace(proxy: Se
         time.sleep(0.05)
     (call,) = failed
     assert call.attributes["error.type"] == refused.value.body["code"]  # type: ignore[index]
-    spans = receiver.trace(call.trace_id, lambda got: len(got) == 2)
+    spans = trace_of(receiver, call.trace_id, lambda got: len(got) == 2)
     (request,) = [s for s in spans if s.span_id == call.parent_id]
     assert request.parent_id == ""  # no traceparent: the proxy's span starts the trace
     assert request.attributes["http.response.status_code"] == 502 and request.status == ERROR
     assert not [s for s in receiver.spans if s.attributes.get("url.path") in ("/readyz", "/livez")]
-    assert set(receiver.paths) == {"/v1/traces"}
+    assert receiver.paths == {"/v1/traces"}
 
 
 def test_spans_still_buffered_are_exported_when_the_proxy_stops(mock_upstream: Mock, start_proxy: StartProxy,
-                                                                 receiver: Receiver) -> None:
+                                                                 receiver: OTLPReceiver) -> None:
     proxy = start_proxy(rlm_config(mock_upstream, otel={"endpoint": receiver.url}),
                         env={"OTEL_BSP_SCHEDULE_DELAY": "600000"})  # nothing leaves before the shutdown
     trace_id, _, header = traceparent()
@@ -243,4 +170,4 @@ def test_spans_still_buffered_are_exported_when_the_proxy_stops(mock_upstream: M
     time.sleep(0.5)
     assert not [s for s in receiver.spans if s.trace_id == trace_id]
     proxy.stop()
-    assert len(receiver.trace(trace_id, lambda got: len(got) == 2, timeout_s=1)) == 2
+    assert len(trace_of(receiver, trace_id, lambda got: len(got) == 2, timeout_s=1)) == 2
