@@ -14,6 +14,7 @@ from bench.passthrough import (
     KEY,
     LITELLM,
     ROUTES,
+    TRACED,
     Route,
     Target,
     route_ratios,
@@ -55,3 +56,10 @@ def test_ratios_per_route() -> None:
     assert route_ratios("embeddings", res) == {
         f"embeddings: added p50, {FAST} / {LITELLM}": 0.1, f"embeddings: added p99, {FAST} / {LITELLM}": 0.05,
         f"embeddings: req/s, {FAST} / {LITELLM}": 8.0}
+
+
+def test_ratios_of_opentelemetry_on_to_off() -> None:
+    res = {FAST: {"added_p50_ms": 0.5, "added_p99_ms": 4.0, "req_per_s": 800.0},
+           TRACED: {"added_p50_ms": 0.75, "added_p99_ms": 4.0, "req_per_s": 600.0}}
+    assert route_ratios("chat", res) == {"chat: added p50, OTel on / off": 1.5,
+                                         "chat: added p99, OTel on / off": 1.0, "chat: req/s, OTel on / off": 0.75}
