@@ -62,4 +62,5 @@ def test_ratios_of_opentelemetry_on_to_off() -> None:
     res = {FAST: {"added_p50_ms": 0.5, "added_p99_ms": 4.0, "req_per_s": 800.0},
            TRACED: {"added_p50_ms": 0.75, "added_p99_ms": 4.0, "req_per_s": 600.0}}
     assert route_ratios("chat", res) == {"chat: added p50, OTel on / off": 1.5,
-                                         "chat: added p99, OTel on / off": 1.0, "chat: req/s, OTel on / off": 0.75}
+                                         "chat: added p99, OTel on / off": 1.0,
+                                         "chat: req/s, OTel on / off": 0.75}
