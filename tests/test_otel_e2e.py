@@ -8,6 +8,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 
+import httpx
 import openai
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
@@ -44,6 +45,8 @@ def receiver() -> Iterator[OTLPReceiver]:
 def proxy(mock_upstream: Mock, start_proxy: StartProxy, receiver: OTLPReceiver) -> Server:
     # The standard variables: the endpoint, and a short batch delay so that spans arrive at once.
     config = rlm_config(mock_upstream, rlm={"max_depth": 2}, otel={"service_name": "proxy-under-test"})
+    config["model_list"].append({"model_name": "claude-native", "litellm_params": {  # Messages sent as is
+        "model": "anthropic/mock-model", "api_base": mock_upstream.server.url, "api_key": "none"}})
     return start_proxy(config, env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
                                     "OTEL_BSP_SCHEDULE_DELAY": "100"})
 
@@ -138,6 +141,19 @@ def test_a_passthrough_request_gets_a_request_span_and_a_model_call_span(proxy: 
         assert call.attributes["gen_ai.response.model"] == "mock-model"
         assert call.attributes["gen_ai.usage.input_tokens"] > 0
         assert call.attributes["gen_ai.usage.output_tokens"] > 0
+
+
+def test_natively_forwarded_calls_are_named_by_what_they_do(proxy: Server, receiver: OTLPReceiver) -> None:
+    trace_id, _, header = traceparent()
+    headers = {"x-api-key": MASTER_KEY, "traceparent": header}
+    body = {"model": "claude-native", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi."}]}
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        assert httpx.post(proxy.url + path, json=body, headers=headers, timeout=30).status_code == 200
+    spans = trace_of(receiver, trace_id, lambda got: len(got) == 4)
+    calls = {s.name: s for s in spans if s.kind == CLIENT}
+    assert set(calls) == {"chat claude-native", "count_tokens claude-native"}
+    assert {s.attributes["gen_ai.provider.name"] for s in calls.values()} == {"anthropic"}
+    assert calls["chat claude-native"].attributes["gen_ai.usage.output_tokens"] > 0
 
 
 def test_errors_set_the_span_status_and_untraced_callers_start_a_trace(proxy: Server,

@@ -98,9 +98,9 @@ def parent_of(spans: list[ReadableSpan], span: ReadableSpan) -> ReadableSpan:
 async def test_run_spans_follow_iterations_blocks_nested_runs_and_calls() -> None:
     exporter = InMemorySpanExporter()
     tracing = tracing_to(exporter)
-    now = time.time()
+    now = time.time() - 60  # the events' own times place the spans, not when they are read
     await drained(tracing, [
-        IterationStarted(iteration=1, depth=1, prompt_chars=100),
+        IterationStarted(iteration=1, depth=1, prompt_chars=100, at=now),
         RootReplied(iteration=1, depth=1, call=call("root", now)),
         BlockStarted(iteration=1, block=1, depth=1, code="rlm_query(...)"),
         IterationStarted(iteration=1, depth=2),  # a nested run, started by the block's code
@@ -113,7 +113,7 @@ async def test_run_spans_follow_iterations_blocks_nested_runs_and_calls() -> Non
         BlockExecuted(iteration=1, block=1, depth=2, outcome="ok", duration_s=0.1, output_chars=5),
         BlockExecuted(iteration=1, block=1, depth=1, outcome="error", duration_s=0.3, output_chars=9,
                       coverage=0.5, cpu_s=0.02, peak_rss_bytes=1000),
-        IterationStarted(iteration=2, depth=1),
+        IterationStarted(iteration=2, depth=1, at=now + 2),
         RootReplied(iteration=2, depth=1, call=call("root", now)),
         RootReplied(iteration=2, depth=1, call=call("root", now), final=True),  # after the limit stopped it
         finished()])
@@ -126,7 +126,7 @@ async def test_run_spans_follow_iterations_blocks_nested_runs_and_calls() -> Non
     first, second = sorted((s for s in named(spans, "rlm.iteration") if s.attributes["rlm.depth"] == 1),
                            key=lambda s: s.attributes["rlm.iteration"])
     assert parent_of(spans, first) is top and parent_of(spans, second) is top
-    assert first.end_time <= second.start_time
+    assert first.start_time == int(now * 1e9) and first.end_time == second.start_time == int((now + 2) * 1e9)
 
     (block,) = [s for s in named(spans, "rlm.block") if s.attributes["rlm.depth"] == 1]
     assert parent_of(spans, block) is first

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -38,7 +39,13 @@ class RunStats:
 
 
 @dataclass(frozen=True)
-class IterationStarted:
+class _Stamped:
+    # Unix time the event was made, as it happened: a reader may see it later (traces place steps by it).
+    at: float = field(default_factory=time.time, kw_only=True)
+
+
+@dataclass(frozen=True)
+class IterationStarted(_Stamped):
     iteration: int
     depth: int
     prompt_chars: int = 0  # what the root model is sent this time, the conversation so far
@@ -63,7 +70,7 @@ class ModelCall:
 
 
 @dataclass(frozen=True)
-class RootReplied:
+class RootReplied(_Stamped):
     iteration: int
     depth: int
     call: ModelCall
@@ -71,7 +78,7 @@ class RootReplied:
 
 
 @dataclass(frozen=True)
-class BlockStarted:
+class BlockStarted(_Stamped):
     iteration: int
     block: int
     depth: int
@@ -79,7 +86,7 @@ class BlockStarted:
 
 
 @dataclass(frozen=True)
-class BlockExecuted:
+class BlockExecuted(_Stamped):
     iteration: int
     block: int
     depth: int
@@ -93,13 +100,13 @@ class BlockExecuted:
 
 
 @dataclass(frozen=True)
-class SubcallsDispatched:
+class SubcallsDispatched(_Stamped):
     count: int
     depth: int
 
 
 @dataclass(frozen=True)
-class SubcallsFinished:
+class SubcallsFinished(_Stamped):
     count: int
     depth: int
     errors: int
@@ -108,7 +115,7 @@ class SubcallsFinished:
 
 
 @dataclass(frozen=True)
-class RunFinished:
+class RunFinished(_Stamped):
     answer: str  # may be empty when the run ends in tool calls
     finish_reason: Literal["stop", "length", "tool_calls"]
     stopped: Limit | None  # the limit that ended the run, None when the model answered

@@ -1,8 +1,9 @@
 """An RLM run's spans, built from its events as they pass, so that the engine knows nothing of tracing.
 
 run → iteration → {root model call, code block → its sub-calls, nested runs}; a nested run (depth > 1) is a
-child of the block whose code started it, and ends when that block does. Iterations, blocks and runs start
-and end when their events are seen; model calls carry their own start and duration.
+child of the block whose code started it, and ends when that block does. Iterations, blocks and nested runs
+start and end at their events' times (when the engine made them, not when they were read); model calls
+carry their own start and duration.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ class RunSpans:
                         "rlm.max_iterations": limits.max_iterations,
                         "rlm.max_depth": limits.max_depth, "rlm.max_subcalls": limits.max_subcalls}))
 
-    def observe(self, event: Event, now: int) -> None:
+    def observe(self, event: Event) -> None:
+        now = _ns(event.at)
         match event:
             case IterationStarted():
                 level = self._level(event.depth, now)
@@ -185,7 +187,7 @@ async def traced_run(spans: RunSpans, events: AsyncIterator[Event]) -> AsyncIter
     spans.start(time.time_ns())
     try:
         async for event in events:
-            spans.observe(event, time.time_ns())
+            spans.observe(event)
             yield event
     except Exception as error:
         spans.failed(error, time.time_ns())

@@ -3,8 +3,7 @@ exporting over OTLP/HTTP in batches, and what makes the spans of requests, runs 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 from fastapi.telemetry import TelemetryConfig
 from opentelemetry import context
@@ -15,15 +14,16 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from starlette.types import Scope
 
-from proxy.config import OTelSettings
+from proxy.balancer import Balancer
+from proxy.config import OTelSettings, UpstreamSettings
 from proxy.errors import ProxyError
-from proxy.registry import ModelRegistry
+from proxy.registry import ModelGroup, ModelRegistry
 from proxy.rlm.engine import RunRequest
 from proxy.rlm.events import Event
 from proxy.telemetry.genai import provider_name
 from proxy.telemetry.run_spans import RunSpans, traced_run
 from proxy.telemetry.upstream_spans import TracedUpstream
-from proxy.upstream import Upstream
+from proxy.upstream import Upstream, UpstreamObserver
 
 TRACES_PATH = "/v1/traces"  # OTLP/HTTP's, under the collector's base URL
 
@@ -54,9 +54,10 @@ class Tracing:
     def _excluded(self, scope: Scope) -> bool:
         return scope.get("path") in self._exclude_paths
 
-    def upstream(self, *args: Any, **kwargs: Any) -> Upstream:
-        """The upstream client (Upstream's arguments), its passthrough calls traced."""
-        return TracedUpstream(self.tracer, *args, **kwargs)
+    def upstream(self, settings: UpstreamSettings, observer: UpstreamObserver, *, balancer: Balancer,
+                 resolve: Callable[[str], ModelGroup]) -> Upstream:
+        """The upstream client, its passthrough calls traced."""
+        return TracedUpstream(self.tracer, settings, observer, balancer=balancer, resolve=resolve)
 
     def run_events(self, events: AsyncIterator[Event], run: RunRequest) -> AsyncIterator[Event]:
         """The run's events with its spans, under the span current now (the request's)."""

@@ -3,21 +3,27 @@ is left alone: their spans are built from the run's events (proxy/telemetry/run_
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
+from proxy.balancer import Balancer
+from proxy.config import UpstreamSettings
 from proxy.metering import REQUEST_METERING
-from proxy.registry import Target
+from proxy.registry import ModelGroup, Target
 from proxy.telemetry.genai import call_attributes, call_span_name, error_type, provider_name
-from proxy.upstream import Upstream, UsageOf
+from proxy.upstream import Upstream, UpstreamObserver, UsageOf
+
+# What a native dialect's paths do, when it is not a chat (GenAI names no operation for counting tokens).
+_FORWARDED_OPERATIONS = {"/messages/count_tokens": "count_tokens"}
 
 
 class TracedUpstream(Upstream):
-    def __init__(self, tracer: Tracer, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, tracer: Tracer, settings: UpstreamSettings, observer: UpstreamObserver, *,
+                 balancer: Balancer, resolve: Callable[[str], ModelGroup]) -> None:
+        super().__init__(settings, observer, balancer=balancer, resolve=resolve)
         self._tracer = tracer
 
     async def complete(self, target: Target, body: dict[str, Any]) -> dict[str, Any]:
@@ -34,7 +40,7 @@ class TracedUpstream(Upstream):
 
     async def forward(self, target: Target, path: str, body: dict[str, Any], usage_of: UsageOf,
                       headers: Mapping[str, str] | None = None) -> dict[str, Any]:
-        with self._call_span("chat", target) as span:
+        with self._call_span(_FORWARDED_OPERATIONS.get(path, "chat"), target) as span:
             return _answered(span, await super().forward(target, path, body, usage_of, headers))
 
     def stream(self, target: Target, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
