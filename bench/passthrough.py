@@ -1,10 +1,12 @@
 """Passthrough overhead: what the proxy adds over calling the mock model server directly, per route.
 
-    .venv/bin/python -m bench.passthrough [--requests N] [--concurrency C] [--with-litellm-proxy]
+    .venv/bin/python -m bench.passthrough [--requests N] [--concurrency C] [--with-litellm-proxy] [--otel]
                                           [--routes chat responses messages embeddings]
 
 Targets: the mock directly, rlm-proxy on its fast path, rlm-proxy on the litellm path, and optionally
-LiteLLM Proxy (started by bench/litellm_baseline.sh, or already running at --litellm-proxy-url).
+LiteLLM Proxy (started by bench/litellm_baseline.sh, or already running at --litellm-proxy-url); with --otel,
+also rlm-proxy on its fast path with OpenTelemetry on, exporting every trace to a local OTLP/HTTP receiver
+(bench.otlp_sink), beside the same proxy with it off.
 Routes: /v1/chat/completions, /v1/responses and /v1/messages (both bridged to the mock's chat completions,
 so their added latency is measured against the mock's chat completions) and /v1/embeddings. A target that
 answers a route with 404 (not served there) is left out of that route, with a line saying so.
@@ -39,6 +41,7 @@ import httpx
 
 KEY = "sk-bench"
 DIRECT, FAST, SLOW = "direct (mock)", "rlm-proxy fast path", "rlm-proxy litellm path"
+TRACED = "rlm-proxy fast path, OTel on"
 LITELLM = "LiteLLM Proxy"
 Latencies = dict[str, list[float]]
 HELLO = [{"role": "user", "content": "hello"}]
@@ -256,12 +259,20 @@ def start_all(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]], tm
             "model": "openai/mock-model", "api_base": mock + "/v1", "api_key": "sk-anything"}}],
         "server": {"master_key": KEY}}))
     targets = [Target(DIRECT, mock, "mock-model", pid=procs[-1].pid)]
-    for name, fast in [(FAST, "true")] + ([] if args.skip_litellm_path else [(SLOW, "false")]):
+    proxies = [(FAST, {"RLM_PROXY_UPSTREAM__FAST_PATH": "true"})]
+    if not args.skip_litellm_path:
+        proxies.append((SLOW, {"RLM_PROXY_UPSTREAM__FAST_PATH": "false"}))
+    if args.otel:
+        port = free_port()
+        args.otlp_sink = start(procs, [*cli[:2], "bench.otlp_sink", "--port", str(port)], port, "/stats",
+                               tmp / "otlp-sink.log")
+        proxies.append((TRACED, {"RLM_PROXY_UPSTREAM__FAST_PATH": "true",
+                                 "OTEL_EXPORTER_OTLP_ENDPOINT": args.otlp_sink}))
+    for number, (name, env) in enumerate(proxies):
         port = free_port()
         cmd = [*cli, "serve", "--config", str(config), "--port", str(port), "--workers", "1", "--log-level",
                "warning"]
-        url = start(procs, cmd, port, "/readyz", tmp / f"proxy-fast-{fast}.log",
-                    env={"RLM_PROXY_UPSTREAM__FAST_PATH": fast})
+        url = start(procs, cmd, port, "/readyz", tmp / f"proxy-{number}.log", env=env)
         targets.append(Target(name, url, "mock", pid=procs[-1].pid))
     litellm_url, litellm_pid = args.litellm_proxy_url, None
     if args.with_litellm_proxy and not litellm_url:
@@ -313,6 +324,14 @@ def route_ratios(route: str, res: dict[str, dict[str, float]]) -> dict[str, floa
     """Added latency and throughput of rlm-proxy against the other targets on one route."""
     ratios = {f"{route}: added p50, {FAST} / {other}": res[FAST]["added_p50_ms"] / res[other]["added_p50_ms"]
               for other in (SLOW, LITELLM) if FAST in res and other in res}
+    if FAST in res and TRACED in res:
+        on, off = res[TRACED], res[FAST]
+        ratios[f"{route}: added p50, OTel on / off"] = on["added_p50_ms"] / off["added_p50_ms"]
+        ratios[f"{route}: added p99, OTel on / off"] = on["added_p99_ms"] / off["added_p99_ms"]
+        ratios[f"{route}: req/s, OTel on / off"] = on["req_per_s"] / off["req_per_s"]
+        if off["cpu_ms_per_request"]:
+            ratios[f"{route}: CPU per request, OTel on / off"] = (on["cpu_ms_per_request"]
+                                                                 / off["cpu_ms_per_request"])
     for mine in (FAST, SLOW):
         if mine in res and LITELLM in res:
             ours, theirs = res[mine], res[LITELLM]
@@ -346,6 +365,9 @@ def report(args: argparse.Namespace, measured: Measured, streamed: Latencies) ->
         show(f"{CHAT.path}, streaming (until [DONE]): {args.requests} sequential requests per target", cols,
              [[name, *(f"{r[k]:.3f}" for k in FIGURES)] for name, r in sse.items()])
     print("\nRatios:\n" + "\n".join(f"  {label}: {value:.2f}" for label, value in ratios.items()))
+    if args.otel:  # the traced proxy's batches, still arriving: at least what was sent before now
+        exported = httpx.get(args.otlp_sink + "/stats", timeout=5).json()
+        print(f"\nOTLP receiver: {exported['spans']} spans in {exported['exports']} exports from {TRACED}.")
     print(f"\nThis machine has {os.cpu_count()} cores (os.cpu_count()); the client, the server under test "
           "and the mock share them (the other servers sit idle meanwhile).")
     return {"cpu_count": os.cpu_count(), "args": vars(args), "results": results, "streaming": sse,
@@ -378,7 +400,7 @@ async def measure(args: argparse.Namespace, targets: list[Target]) -> tuple[Meas
         measured[route] = seq, load
     if args.no_stream:
         return measured, {}
-    pair = [t for t in targets if t.name in (DIRECT, FAST)]
+    pair = [t for t in targets if t.name in (DIRECT, FAST, TRACED)]
     await sequential(pair, args.warmup, args.warmup, stream=True)
     return measured, await sequential(pair, args.requests, args.round, stream=True)
 
@@ -405,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--litellm-timeout", type=float, default=900.0, help="s, may include its install")
     parser.add_argument("--skip-litellm-path", action="store_true")
     parser.add_argument("--no-stream", action="store_true")
+    parser.add_argument("--otel", action="store_true", help="also the fast path with OpenTelemetry on")
     parser.add_argument("--routes", nargs="+", choices=list(ROUTES), default=list(ROUTES))
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -56,6 +57,9 @@ from proxy.trajectories.secrets import known_secrets
 from proxy.upstream import Upstream
 from sandbox import MIB, PoolLimits, SandboxLimits, SandboxPool, WorkerUser
 
+if TYPE_CHECKING:
+    from proxy.telemetry.tracing import Tracing
+
 log = logging.getLogger("rlm_proxy")
 
 
@@ -63,8 +67,11 @@ def create_app(settings: Settings) -> FastAPI:
     registry = ModelRegistry(settings.model_list, settings.fallbacks())
     facts = ModelFacts()
     metrics = Metrics(registry.names)
-    upstream = Upstream(settings.upstream, UpstreamMetrics(metrics, facts),
-                        balancer=Balancer.from_settings(settings.router_settings), resolve=registry.resolve)
+    tracing = _tracing(settings, registry)
+    make_upstream = Upstream if tracing is None else tracing.upstream
+    upstream = make_upstream(settings.upstream, UpstreamMetrics(metrics, facts),
+                             balancer=Balancer.from_settings(settings.router_settings),
+                             resolve=registry.resolve)
     sandbox = SandboxPool(_sandbox_limits(settings), _pool_limits(settings))
     cache = Cache(settings.cache, lambda result: metrics.cache.labels(result).inc()) \
         if settings.cache.enabled else None
@@ -88,6 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
         limits=KeyLimits(settings.limits, settings.cache, metrics),
         spend=SpendLedger(settings.spend, settings.cache, metrics),
         trajectories=Trajectories(settings.trajectories, settings.cache, known_secrets(settings)),
+        tracing=tracing,
     )
 
     @asynccontextmanager
@@ -109,8 +117,11 @@ def create_app(settings: Settings) -> FastAPI:
         await services.limits.aclose()
         await services.spend.aclose()
         await services.trajectories.aclose()
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)  # flushes the spans still buffered
 
-    app = FastAPI(title="rlm-proxy", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="rlm-proxy", version="0.1.0", lifespan=lifespan,
+                  telemetry=None if tracing is None else tracing.fastapi_telemetry())
     app.state.services = services
     app.include_router(chat.router)
     app.include_router(messages.router)
@@ -139,6 +150,15 @@ def create_app(settings: Settings) -> FastAPI:
         app.add_middleware(IdleMemoryMiddleware, releaser=releaser)
     app.add_middleware(RequestContextMiddleware)
     return app
+
+
+def _tracing(settings: Settings, registry: ModelRegistry) -> Tracing | None:
+    """OpenTelemetry tracing when an endpoint is set; otherwise nothing of it is even imported."""
+    if settings.otel.endpoint is None:
+        return None
+    from proxy.telemetry.tracing import Tracing, otlp_exporter
+
+    return Tracing(settings.otel, registry, otlp_exporter(settings.otel))
 
 
 async def _warm_up(services: Services, releaser: MemoryReleaser | None) -> None:

@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from proxy.router_config import GeneralSettings, LiteLLMSettings, RouterSettings, merged_fallbacks, one_value
 
 ENV_REFERENCE_PREFIX = "os.environ/"
+OTLP_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
 CacheScope = Literal["key", "team", "global"]
 NativeAPI = Literal["responses", "messages"]
 # litellm_params that steer load balancing among a model_name's deployments, never sent to a provider.
@@ -283,6 +284,19 @@ class TrajectorySettings(_Section):
         return value
 
 
+class OTelSettings(_Section):
+    """OpenTelemetry traces, exported over OTLP/HTTP when an endpoint is set (or OTEL_EXPORTER_OTLP_ENDPOINT);
+    nothing of OpenTelemetry runs otherwise."""
+
+    endpoint: str | None = Field(default=None, pattern=r"^https?://", description="the collector's base URL")
+    service_name: str = Field(default="rlm-proxy", min_length=1)
+    # Sent with each export (a vendor's API key); when empty, OTEL_EXPORTER_OTLP_HEADERS is read.
+    headers: dict[str, SecretStr] = {}
+    sample_ratio: float = Field(default=1.0, ge=0, le=1, description="of traces the proxy starts itself")
+    # Probes and scrapes would swamp the traces.
+    exclude_paths: list[str] = ["/livez", "/readyz", "/metrics"]
+
+
 class RLMSettings(_Section):
     """RLM mode. The limits are the defaults of every run and the caps a request's `rlm` object may lower."""
 
@@ -369,6 +383,7 @@ class Settings(BaseSettings):
     admission: AdmissionSettings = AdmissionSettings()
     spend: SpendSettings = SpendSettings()
     limits: LimitsSettings = LimitsSettings()
+    otel: OTelSettings = OTelSettings()
     # LiteLLM Proxy's sections, so that its config files load: the keys we read (proxy/router_config.py).
     litellm_settings: LiteLLMSettings = LiteLLMSettings()
     general_settings: GeneralSettings = GeneralSettings()
@@ -444,6 +459,8 @@ def load_settings(config_path: str | os.PathLike[str] | None = None) -> Settings
     data = _resolve_env_references(data, environ, location="")
     if environ.get("REDIS_URL"):  # the conventional variable; RLM_PROXY_CACHE__REDIS_URL still wins
         data["cache"] = {**(data.get("cache") or {}), "redis_url": environ["REDIS_URL"]}
+    if environ.get(OTLP_ENDPOINT_ENV):  # the standard variable; RLM_PROXY_OTEL__ENDPOINT still wins
+        data["otel"] = {**(data.get("otel") or {}), "endpoint": environ[OTLP_ENDPOINT_ENV]}
     try:
         return Settings(**data)
     except ValidationError as exc:

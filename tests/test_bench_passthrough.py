@@ -14,6 +14,7 @@ from bench.passthrough import (
     KEY,
     LITELLM,
     ROUTES,
+    TRACED,
     Route,
     Target,
     concurrent,
@@ -69,3 +70,12 @@ def test_cpu_per_request_is_the_targets_own_process_tree(targets: list[Target], 
     assert load.cpu_ms_per_request[FAST] > 0  # the proxy worked for each request
     assert load.cpu_ms_per_request[DIRECT] == 0  # no process of its own given: nothing counted
     assert tree_cpu_s(proxy.process.pid) >= load.cpu_ms_per_request[FAST] * 200 / 1e3
+
+
+def test_ratios_of_opentelemetry_on_to_off() -> None:
+    res = {FAST: {"added_p50_ms": 0.5, "added_p99_ms": 4.0, "req_per_s": 800.0, "cpu_ms_per_request": 0.4},
+           TRACED: {"added_p50_ms": 0.75, "added_p99_ms": 4.0, "req_per_s": 600.0, "cpu_ms_per_request": 0.5}}
+    assert route_ratios("chat", res) == {"chat: added p50, OTel on / off": 1.5,
+                                         "chat: added p99, OTel on / off": 1.0,
+                                         "chat: req/s, OTel on / off": 0.75,
+                                         "chat: CPU per request, OTel on / off": 1.25}

@@ -80,8 +80,11 @@ async def route(request: Request, services: Services, identity: Identity,
             run = replace(run, shared_budget=KeyBudget(services.limits, grant))
         # A bad sub-model would turn every sub-call into an error string: refuse the request instead.
         services.registry.resolve(run.sub_model, param="rlm.sub_model")
+        events = as_proxy_errors(services.engine.run(run))
+        if services.tracing is not None:
+            events = services.tracing.run_events(events, run)
         events = services.trajectories.recorded(
-            observed(as_proxy_errors(services.engine.run(run)), services.metrics, run), run, identity,
+            observed(events, services.metrics, run), run, identity,
             presented_keys(request.headers.get("authorization"), request.headers.get("x-api-key")))
         admitted = _admitted(services.admission, identity.key_hash, events)
         # Waits for a slot before any response starts, so that a refusal is a plain 503.

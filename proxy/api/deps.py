@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
@@ -25,6 +25,9 @@ from proxy.spend import SpendLedger
 from proxy.trajectories.recorder import Trajectories
 from proxy.upstream import Upstream
 from sandbox import SandboxPool
+
+if TYPE_CHECKING:
+    from proxy.telemetry.tracing import Tracing
 
 audit = logging.getLogger("rlm_proxy.audit")
 
@@ -47,6 +50,7 @@ class Services:
     limits: KeyLimits
     spend: SpendLedger
     trajectories: Trajectories
+    tracing: Tracing | None = None  # None: no `otel.endpoint`, nothing traced
     ready: bool = False  # set once start-up work (imports, warm workers) is done
     warm_up_error: str | None = None
 

@@ -65,7 +65,7 @@ class ModelReply:
         return ModelCall(model=model, prompt_chars=prompt_chars, text=self.text, error=None,
                          prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
                          cost_usd=self.cost_usd, cached=self.cached, duration_s=duration_s,
-                         cache_key=self.cache_key, prompt=prompt)
+                         cache_key=self.cache_key, prompt=prompt, started_at=time.time() - duration_s)
 
 
 @dataclass(frozen=True)
@@ -345,10 +345,11 @@ class RLMEngine:
             except Exception as error:  # the model's code gets a string, never an exception
                 run.budget.settle(reserved_usd, 0.0)
                 run.stats.subcall_errors += 1
+                duration_s = time.monotonic() - started
                 return ModelCall(model=model, prompt_chars=len(prompt), text=f"Error: {error}",
                                  error=str(error), prompt_tokens=0, completion_tokens=0, cost_usd=0.0,
-                                 cached=False, duration_s=time.monotonic() - started,
-                                 cache_key="", prompt=prompt)
+                                 cached=False, duration_s=duration_s, cache_key="", prompt=prompt,
+                                 started_at=time.time() - duration_s)
         run.stats.record(reply)
         run.stats.cached_subcalls += reply.cached
         run.budget.settle(reserved_usd, 0.0 if reply.cached else reply.cost_usd)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -38,7 +39,13 @@ class RunStats:
 
 
 @dataclass(frozen=True)
-class IterationStarted:
+class _Stamped:
+    # Unix time the event was made, as it happened: a reader may see it later (traces place steps by it).
+    at: float = field(default_factory=time.time, kw_only=True)
+
+
+@dataclass(frozen=True)
+class IterationStarted(_Stamped):
     iteration: int
     depth: int
     prompt_chars: int = 0  # what the root model is sent this time, the conversation so far
@@ -59,10 +66,11 @@ class ModelCall:
     duration_s: float
     cache_key: str  # "" when the call did not go through the cache
     prompt: str = ""  # sub-calls only: a root call's prompt is the conversation, told by the other events
+    started_at: float = 0.0  # Unix time the call began (sub-calls may wait for a slot after their dispatch)
 
 
 @dataclass(frozen=True)
-class RootReplied:
+class RootReplied(_Stamped):
     iteration: int
     depth: int
     call: ModelCall
@@ -70,7 +78,7 @@ class RootReplied:
 
 
 @dataclass(frozen=True)
-class BlockStarted:
+class BlockStarted(_Stamped):
     iteration: int
     block: int
     depth: int
@@ -78,7 +86,7 @@ class BlockStarted:
 
 
 @dataclass(frozen=True)
-class BlockExecuted:
+class BlockExecuted(_Stamped):
     iteration: int
     block: int
     depth: int
@@ -92,13 +100,13 @@ class BlockExecuted:
 
 
 @dataclass(frozen=True)
-class SubcallsDispatched:
+class SubcallsDispatched(_Stamped):
     count: int
     depth: int
 
 
 @dataclass(frozen=True)
-class SubcallsFinished:
+class SubcallsFinished(_Stamped):
     count: int
     depth: int
     errors: int
@@ -107,7 +115,7 @@ class SubcallsFinished:
 
 
 @dataclass(frozen=True)
-class RunFinished:
+class RunFinished(_Stamped):
     answer: str  # may be empty when the run ends in tool calls
     finish_reason: Literal["stop", "length", "tool_calls"]
     stopped: Limit | None  # the limit that ended the run, None when the model answered
