@@ -105,6 +105,10 @@ def call_dict(call: ModelCall, limit: int) -> dict[str, Any]:
 
 def event_dict(event: Event, limit: int) -> dict[str, Any]:
     """An engine event in the record's form; texts cut to `limit` characters."""
+    return {**_event_fields(event, limit), "at": event.at}
+
+
+def _event_fields(event: Event, limit: int) -> dict[str, Any]:
     match event:
         case IterationStarted():
             return {"type": "iteration_started", "depth": event.depth, "iteration": event.iteration,
