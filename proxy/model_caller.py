@@ -103,7 +103,7 @@ class UpstreamCaller(CallerFacts):
         usage = None
         body = {"model": model, "messages": messages, **params, "stream": True,
                 "stream_options": {"include_usage": True}}
-        async for chunk in self._upstream.stream(self._registry.resolve(model), body, answered.append):
+        async for chunk in self._upstream.stream_routed(self._registry.resolve(model), body, answered.append):
             usage = chunk.get("usage") or usage
             choices = chunk.get("choices")
             delta = choices[0].get("delta") if isinstance(choices, list) and choices and isinstance(

@@ -491,11 +491,14 @@ class Upstream:
         """`complete`, and the deployment that answered (its prices are the call's)."""
         return await self._answer(target, lambda d: self.backend_for(d).complete(d, body), _chat_usage)
 
-    async def stream(self, target: Target, body: dict[str, Any],
-                     answered_by: Callable[[Deployment], None] | None = None
-                     ) -> AsyncIterator[dict[str, Any]]:
-        """Chunks of a streamed completion. Retries happen only before the first chunk arrives, which
-        comes once `answered_by` has been told the deployment that answers (whose prices are the call's)."""
+    def stream(self, target: Target, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Chunks of a streamed completion. Retries happen only before the first chunk arrives."""
+        return self.stream_routed(target, body, None)
+
+    async def stream_routed(self, target: Target, body: dict[str, Any],
+                            answered_by: Callable[[Deployment], None] | None
+                            ) -> AsyncIterator[dict[str, Any]]:
+        """`stream`, first telling `answered_by` the deployment that answers (its prices are the call's)."""
         async for chunk in self._streamed(target, lambda d: self.backend_for(d).stream(d, body), _chat_usage,
                                           answered_by):
             yield chunk
