@@ -27,6 +27,7 @@ from proxy.api import (
     responses,
     runs,
     spend,
+    ui,
 )
 from proxy.api.deps import Services
 from proxy.auth import KeyChecker
@@ -132,6 +133,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(keys.router)
     app.include_router(spend.router)
     app.include_router(runs.router)
+    app.include_router(ui.build_router())
     if settings.server.health_routes:
         app.include_router(health.router)
     if settings.server.metrics_route:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything the tests need (Python packages into .venv; Redis, Prometheus and npm from the
-# distribution), lints, and runs the whole suite; arguments go to pytest.
+# Installs everything the tests need (Python packages into .venv; Redis, Prometheus, npm and Chromium from
+# the distribution), lints, and runs the whole suite; arguments go to pytest.
 RLM_PROXY_EXTRAS="[dev]"
 source "$(dirname "$0")/bootstrap.sh"
 
@@ -8,6 +8,7 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v npm >/dev/null || missing+=(npm)  # installs the CLI clients (scripts/install_clients.sh)
+[ -x /usr/bin/chromium ] || missing+=(chromium)  # the run viewer's browser tests (tests/test_viewer.py)
 if ((${#missing[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
