@@ -12,6 +12,7 @@ import operator
 from collections.abc import Callable, Iterator
 from typing import Any, SupportsIndex
 
+READ_MAP_CELLS = 100
 COMPACT_EVERY = 4096  # pending intervals are merged once there are this many, and as many as merged ones
 
 # Methods whose result depends on (or copies) the whole string.
@@ -199,6 +200,29 @@ def _longest(affixes: str | tuple[str, ...]) -> int:
     return len(affixes) if isinstance(affixes, str) else max(map(len, affixes), default=0)
 
 
+def tracked_chars(context: str | list[Any]) -> int:
+    """The characters of `context` that coverage is counted over: a str's, or its messages' str contents'."""
+    if isinstance(context, str):
+        return len(context)
+    return sum(len(content) for message in context
+               if isinstance(message, dict) and isinstance(content := message.get("content"), str))
+
+
+def read_map(intervals: list[tuple[int, int]], total: int, cells: int = READ_MAP_CELLS) -> tuple[int, ...]:
+    """Which parts of a context of `total` characters the intervals cover: the context cut into `cells`
+    equal parts (fewer for a shorter one), the percent of each part read."""
+    if total <= 0:
+        return ()
+    cells = min(cells, total)
+    read = [0] * cells
+    for start, end in intervals:
+        for cell in range(start * cells // total, (min(end, total) - 1) * cells // total + 1):
+            low, high = cell * total // cells, (cell + 1) * total // cells
+            read[cell] += max(0, min(end, high) - max(start, low))
+    return tuple(round(100 * got / ((cell + 1) * total // cells - cell * total // cells))
+                 for cell, got in enumerate(read))
+
+
 def track_context(context: str | list[Any]) -> tuple[Any, Coverage]:
     """The context with its text wrapped in TrackedStr, and the Coverage recording reads of it.
 
@@ -209,7 +233,7 @@ def track_context(context: str | list[Any]) -> tuple[Any, Coverage]:
         coverage = Coverage(len(context))
         return TrackedStr(context, coverage, 0), coverage
     contents = [message.get("content") if isinstance(message, dict) else None for message in context]
-    coverage = Coverage(sum(len(content) for content in contents if isinstance(content, str)))
+    coverage = Coverage(tracked_chars(context))
     offset = 0
     for message, content in zip(context, contents, strict=True):
         if isinstance(content, str):

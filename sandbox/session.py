@@ -7,6 +7,7 @@ import time
 from typing import Any, Protocol
 
 from sandbox.bridge import WorkerDied, WorkerProcess
+from sandbox.coverage import read_map, tracked_chars
 from sandbox.interface import CallHandler, ExecResult, SandboxLimits, SandboxUnavailableError
 from sandbox.transfer import Transfers
 
@@ -49,6 +50,7 @@ class SandboxSession:
         self._worker: WorkerProcess | None = None  # set by start(); killed ones stay until replaced
         self._coverage = 0.0
         self._reads: list[tuple[int, int]] = []  # what was read, carried over to replacement workers
+        self._chars = tracked_chars(context)
         self._lock = asyncio.Lock()
         self._closed = False
 
@@ -96,6 +98,12 @@ class SandboxSession:
     @property
     def coverage(self) -> float:
         return self._coverage
+
+    @property
+    def read_map(self) -> tuple[int, ...]:
+        """Which parts of the context the code has read: per hundredth of it, the percent read (as of the
+        last block whose reads the worker could report in full)."""
+        return read_map(self._reads, self._chars)
 
     @property
     def pid(self) -> int | None:

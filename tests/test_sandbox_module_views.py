@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from sandbox.coverage import track_context
+from sandbox.coverage import read_map, track_context, tracked_chars
 from sandbox.interface import ALLOWED_MODULES
 from sandbox.output import Output
 from sandbox.policy import Guards, is_plain_attribute_name
@@ -101,3 +101,18 @@ class _RawGuards:
     @staticmethod
     def getattr(obj: object, name: str) -> Any:
         return getattr(obj, name)
+
+
+def test_the_read_map_says_which_hundredths_of_the_context_were_read() -> None:
+    assert read_map([(0, 500)], 1000) == (100,) * 50 + (0,) * 50
+    assert read_map([(0, 5), (995, 1000)], 1000)[::99] == (50, 50)  # half of the first and last cells
+    assert read_map([(10, 20)], 40) == (0,) * 10 + (100,) * 10 + (0,) * 20  # shorter than 100: a cell each
+    assert read_map([], 0) == ()
+    assert read_map([(0, 3)], 1000)[0] == 30
+
+
+def test_coverage_counts_a_list_contexts_message_texts() -> None:
+    context = [{"role": "user", "content": "abc"}, {"role": "assistant", "content": None},
+               {"role": "user", "content": "de"}]
+    assert tracked_chars(context) == 5 == track_context(context)[1].total
+    assert tracked_chars("hello") == 5

@@ -130,6 +130,7 @@ def test_a_needle_run_is_recorded_iteration_by_iteration(proxy: Server, records_
     assert len(call["prompt"]) < 600 and call["prompt"].endswith("more characters]")  # max_text_chars: 500
     assert any(VALUE in c["text"] for c in block["subcalls"])
     assert record["coverage"][-1][1] == 1.0
+    assert block["read_map"] == [100] * 100  # every hundredth of the context read
     # The JSONL file: the header (with its version) on the first line, then the events, as SSE sends them.
     lines = (records_dir / f"{run_id}.jsonl").read_text().splitlines()
     head = json.loads(lines[0])
@@ -138,6 +139,14 @@ def test_a_needle_run_is_recorded_iteration_by_iteration(proxy: Server, records_
     assert events == list(sse_events(proxy, run_id))
     assert [e["seq"] for e in events] == list(range(len(events)))
     assert events[-1]["type"] == "run_finished"
+
+
+def test_the_read_map_shows_which_part_of_the_context_a_block_read(proxy: Server) -> None:
+    # The first block of this policy prints context[:1000] only; once questioned it reads all of it.
+    _, run_id = create(proxy, needle_prompt(100_000, KEY, VALUE) + " [[policy:early_answer]]")
+    blocks = [block for iteration in finished(proxy, run_id)["iterations"] for block in iteration["blocks"]]
+    assert blocks[0]["read_map"][0] == 100 and blocks[0]["read_map"][2:] == [0] * 98
+    assert blocks[-1]["read_map"] == [100] * 100
 
 
 def test_nested_runs_are_recorded_under_their_parent_block(proxy: Server) -> None:

@@ -99,6 +99,10 @@ def test_a_finished_run_shows_its_iterations_code_subcalls_and_answer(page: Page
     expect(page.locator("#answer")).to_have_text(VALUE)
     expect(page.locator("#coverage-text")).to_have_text("100% of context read")
     expect(page.locator("#coverage-chart svg polyline")).to_have_count(1)
+    read_map = page.locator("#read-map svg")
+    expect(read_map.locator("rect")).to_have_count(100)  # a cell per hundredth of context, each read
+    expect(read_map).to_have_attribute("aria-label", "Parts of context read, from its start to its end: "
+                                                     "0% to 100%: read")
     expect(page.locator("#totals")).to_contain_text(f"Sub-calls{record['totals']['subcalls']}")
     expect(page.locator("#ending")).to_contain_text("Finish reasonstop")
     screenshot(page, "viewer-run.png")

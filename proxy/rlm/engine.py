@@ -290,12 +290,13 @@ class RLMEngine:
     async def _execute(self, run: _Run, session: _LoadingSession, handler: _SubcallHandler, iteration: int,
                        depth: int, number: int, code: str) -> ExecResult:
         run.emit(BlockStarted(iteration=iteration, block=number, depth=depth, code=code))
-        result = await (await session.get()).execute(code, handler)
+        loaded = await session.get()
+        result = await loaded.execute(code, handler)
         run.stats.blocks += 1
         run.emit(BlockExecuted(iteration=iteration, block=number, depth=depth, outcome=result.outcome,
                                duration_s=result.duration_s, output_chars=len(result.output),
                                output=result.output, coverage=result.coverage, cpu_s=result.cpu_s,
-                               peak_rss_bytes=result.peak_rss_bytes))
+                               peak_rss_bytes=result.peak_rss_bytes, read_map=loaded.read_map))
         return result
 
     async def _final_request(self, run: _Run, conversation: _Conversation, session: _LoadingSession,

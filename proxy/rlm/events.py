@@ -97,6 +97,7 @@ class BlockExecuted(_Stamped):
     coverage: float = 0.0  # of this depth's `context`, read so far
     cpu_s: float | None = None  # the worker's, None when it died
     peak_rss_bytes: int | None = None
+    read_map: tuple[int, ...] = ()  # per hundredth of `context`, the percent read so far
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,8 @@ def _event_fields(event: Event, limit: int) -> dict[str, Any]:
             return {"type": "block_executed", "depth": event.depth, "iteration": event.iteration,
                     "block": event.block, "outcome": event.outcome, "duration_s": event.duration_s,
                     "output_chars": event.output_chars, "output": cut(event.output, limit),
-                    "coverage": event.coverage, "cpu_s": event.cpu_s, "peak_rss_bytes": event.peak_rss_bytes}
+                    "coverage": event.coverage, "cpu_s": event.cpu_s, "peak_rss_bytes": event.peak_rss_bytes,
+                    "read_map": list(event.read_map)}
         case SubcallsDispatched():
             return {"type": "subcalls_dispatched", "depth": event.depth, "count": event.count}
         case SubcallsFinished():
@@ -173,8 +174,8 @@ def timeline(events: list[dict[str, Any]]) -> dict[str, Any]:
             latest[depth]["blocks"].append(block)
             running[depth] = block
         elif kind == "block_executed" and depth in running:
-            running.pop(depth).update({k: event[k] for k in (
-                "outcome", "output", "duration_s", "coverage", "cpu_s", "peak_rss_bytes")})
+            running.pop(depth).update({k: event.get(k) for k in (
+                "outcome", "output", "duration_s", "coverage", "cpu_s", "peak_rss_bytes", "read_map")})
             if depth == 1:
                 coverage.append([event["t"], event["coverage"]])
         elif kind == "subcalls_finished" and depth in running:

@@ -20,6 +20,7 @@ let view;  // the state of the run on screen, made again when the key changes
 function freshView() {
   byId("timeline").replaceChildren();
   byId("coverage-chart").replaceChildren();
+  byId("read-map").replaceChildren();
   byId("coverage-meter").value = 0;
   byId("coverage-text").textContent = "";
   return {
@@ -114,7 +115,10 @@ function blockExecuted(event) {
   block.output.append(el("details", { class: "output", open: true },
     el("summary", { text: `Output (${plural(event.output_chars, "character")})` }),
     el("pre", { text: event.output })));
-  if (event.depth === 1) addCoverage(event.t, event.coverage);
+  if (event.depth === 1) {
+    addCoverage(event.t, event.coverage);
+    if (event.read_map && event.read_map.length) showReadMap(event.read_map);
+  }
   say(`Block ${event.block}: ${event.outcome}.`);
 }
 
@@ -179,6 +183,39 @@ function addCoverage(t, fraction) {
   line.setAttribute("points", points.join(" "));
   chart.append(line);
   byId("coverage-chart").replaceChildren(chart);
+}
+
+// Which parts of context were read: one cell per hundredth of it, as opaque as the share of it read.
+function showReadMap(cells) {
+  const width = 320;
+  const height = 16;
+  const bar = document.createElementNS(SVG, "svg");
+  bar.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  bar.setAttribute("class", "read-map");
+  bar.setAttribute("role", "img");
+  bar.setAttribute("aria-label", `Parts of context read, from its start to its end: ${readRanges(cells)}`);
+  cells.forEach((percent, index) => {
+    const cell = document.createElementNS(SVG, "rect");
+    cell.setAttribute("x", ((index * width) / cells.length).toFixed(2));
+    cell.setAttribute("width", (width / cells.length).toFixed(2));
+    cell.setAttribute("height", String(height));
+    cell.setAttribute("fill-opacity", String(Math.max(percent, 0) / 100));
+    cell.setAttribute("data-percent", String(percent));
+    bar.append(cell);
+  });
+  byId("read-map").replaceChildren(bar);
+}
+
+// "0% to 40%: read, 40% to 100%: not read": the map's runs of cells read (half or more) and not.
+function readRanges(cells) {
+  const runs = [];
+  cells.forEach((percent, index) => {
+    const read = percent >= 50;
+    if (runs.length && runs[runs.length - 1].read === read) runs[runs.length - 1].end = index + 1;
+    else runs.push({ read, start: index, end: index + 1 });
+  });
+  const at = (index) => Math.round((index * 100) / cells.length);
+  return runs.map((run) => `${at(run.start)}% to ${at(run.end)}%: ${run.read ? "read" : "not read"}`).join(", ");
 }
 
 function showCoverage(fraction) {
