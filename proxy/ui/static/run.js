@@ -192,6 +192,8 @@ function showReadMap(cells) {
   const bar = document.createElementNS(SVG, "svg");
   bar.setAttribute("viewBox", `0 0 ${width} ${height}`);
   bar.setAttribute("class", "read-map");
+  bar.setAttribute("preserveAspectRatio", "none");  // the cells stretch across the bar's width
+  bar.setAttribute("shape-rendering", "crispEdges");  // no seams between neighbouring cells
   bar.setAttribute("role", "img");
   bar.setAttribute("aria-label", `Parts of context read, from its start to its end: ${readRanges(cells)}`);
   cells.forEach((percent, index) => {
