@@ -21,6 +21,7 @@ from proxy.rlm.engine import ModelReply, RLMEngine, RunRequest, TextSink
 from proxy.rlm.events import BlockExecuted, BlockStarted, Event, RootReplied, RunFinished
 from proxy.upstream import connection_error
 from sandbox import PoolLimits, SandboxLimits, SandboxPool
+from tests.engine_fakes import UnlimitedModels
 from tests.harness import MASTER_KEY, Mock, StartProxy, rlm_config, start_server
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")  # the pool lives in the module's loop
@@ -29,7 +30,7 @@ BLOCK = "Let me ask.\n```repl\nprint(llm_query('the number?'))\n```"
 TRAILER = "\nI expect the sub-model to name it."
 
 
-class StreamingCaller:
+class StreamingCaller(UnlimitedModels):
     """Streams the first root reply in two pieces: the block, then (once the block's sub-call has come
     in, which only happens if the block already runs) the text after it; or fails instead."""
 
@@ -54,15 +55,6 @@ class StreamingCaller:
             raise connection_error("the stream broke")
         on_text(TRAILER)
         return ModelReply(BLOCK + TRAILER, 10, 5, 0.0)
-
-    def prompt_limit_chars(self, model: str) -> int | None:
-        return None
-
-    def estimate_cost_usd(self, model: str, prompt_chars: int, completion_tokens: int) -> float:
-        return 0.0
-
-    def unknown_model(self, model: str) -> str | None:
-        return None
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -21,6 +21,7 @@ from proxy.rlm.engine import ClientTools, ModelReply, RLMEngine, RunRequest, Tex
 from proxy.rlm.events import RunFinished
 from proxy.rlm.prompts import build_input, context_card
 from sandbox import PoolLimits, SandboxLimits, SandboxPool
+from tests.engine_fakes import UnlimitedModels
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")  # the pool lives in the module's loop
 
@@ -44,7 +45,7 @@ def code(source: str) -> Script:
     return text(f"```repl\n{source}\n```")
 
 
-class ScriptedCaller:
+class ScriptedCaller(UnlimitedModels):
     """A ModelCaller: root calls follow the script, sub-calls answer "sub"; every call is recorded."""
 
     def __init__(self, *script: Script) -> None:
@@ -62,15 +63,6 @@ class ScriptedCaller:
             return reply
         self.subcalls.append(params)
         return ModelReply("sub", 1, 1, 0.0)
-
-    def prompt_limit_chars(self, model: str) -> int | None:
-        return None
-
-    def estimate_cost_usd(self, model: str, prompt_chars: int, completion_tokens: int) -> float:
-        return 0.0
-
-    def unknown_model(self, model: str) -> str | None:
-        return None
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
