@@ -73,7 +73,8 @@ def create_app(settings: Settings) -> FastAPI:
     upstream = make_upstream(settings.upstream, UpstreamMetrics(metrics, facts),
                              balancer=Balancer.from_settings(settings.router_settings),
                              resolve=registry.resolve)
-    sandbox = SandboxPool(_sandbox_limits(settings), _pool_limits(settings))
+    pool_limits = _pool_limits(settings)
+    sandbox = SandboxPool(_sandbox_limits(settings), pool_limits)
     cache = Cache(settings.cache, lambda result: metrics.cache.labels(result).inc()) \
         if settings.cache.enabled else None
     releaser = MemoryReleaser(load_glibc(), settings.server.release_memory_idle_s) \
@@ -92,7 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
         metrics=metrics,
         cache=cache,
         responses=ResponseStore(settings.responses, settings.cache),
-        admission=_admission(settings, metrics),
+        admission=_admission(settings, pool_limits.max_workers, metrics),
         limits=KeyLimits(settings.limits, settings.cache, metrics),
         spend=SpendLedger(settings.spend, settings.cache, metrics),
         trajectories=Trajectories(settings.trajectories, settings.cache, known_secrets(settings)),
@@ -194,10 +195,10 @@ def _max_workers(settings: Settings) -> int:
     return max(sandbox.workers, held)
 
 
-def _admission(settings: Settings, metrics: Metrics) -> RunAdmission:
+def _admission(settings: Settings, max_workers: int, metrics: Metrics) -> RunAdmission:
     admission = settings.admission
     # A run holds a worker: by default as many runs as workers (a nested run waits for one of its own).
-    capacity = admission.max_concurrent_rlm_runs or _max_workers(settings)
+    capacity = admission.max_concurrent_rlm_runs or max_workers
     return RunAdmission(capacity, admission.max_queued_rlm_runs, admission.queue_timeout_s,
                         observer=metrics)
 

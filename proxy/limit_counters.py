@@ -191,15 +191,13 @@ class MemoryCounters:
     async def add(self, charges: Sequence[Charge]) -> None:
         now = time.time()
         for charge in charges:
-            value, _ = self._windows.get(charge.name, (0.0, 0.0))
-            if not self._live(charge.name, now):
-                value = 0.0
+            value = self._window_value(charge.name, now)
             self._windows[charge.name] = (value + charge.amount, self._ends(charge.name, charge.ttl_s, now))
 
     async def draw(self, windows: Sequence[Window], usd: float) -> float:
         now = time.time()
-        room = [window.limit - self._windows[window.name][0] if self._live(window.name, now) else window.limit
-                for window in windows if window.limit is not None]
+        room = [window.limit - self._window_value(window.name, now) for window in windows
+                if window.limit is not None]
         amount = min([usd, *room])
         if amount <= 0:
             return 0.0
@@ -217,7 +215,10 @@ class MemoryCounters:
     def _value(self, counter: Counter, now: float) -> float:
         if counter.kind == "lease":
             return float(sum(1 for ends in self._leases.get(counter.name, {}).values() if ends > now))
-        return self._windows[counter.name][0] if self._live(counter.name, now) else 0.0
+        return self._window_value(counter.name, now)
+
+    def _window_value(self, name: str, now: float) -> float:
+        return self._windows[name][0] if self._live(name, now) else 0.0
 
     def _live(self, name: str, now: float) -> bool:
         window = self._windows.get(name)
