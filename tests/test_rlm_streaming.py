@@ -65,11 +65,11 @@ async def pool() -> AsyncIterator[SandboxPool]:
     await pool.aclose()
 
 
-def run(pool: SandboxPool, caller: StreamingCaller) -> AsyncIterator[Event]:
+def run(pool: SandboxPool | WaitingPool, caller: StreamingCaller) -> AsyncIterator[Event]:
     limits = RunLimits(max_iterations=3, max_depth=1, max_subcalls=10, max_cost_usd=None, timeout_s=60)
     request = RunRequest(messages=[{"role": "user", "content": "some context " * 100}], root_model="m",
                          sub_model="m", limits=limits, cache=CachePolicy(""))
-    return RLMEngine(caller, pool, RLMSettings(min_coverage_to_answer=0)).run(request)
+    return RLMEngine(caller, pool, RLMSettings(min_coverage_to_answer=0)).run(request)  # type: ignore[arg-type]
 
 
 @in_module_loop
@@ -167,10 +167,5 @@ class FirstCallSignals(StreamingCaller):
 @in_module_loop
 async def test_the_first_root_call_does_not_wait_for_the_context_to_load(pool: SandboxPool) -> None:
     root_called = asyncio.Event()
-    limits = RunLimits(max_iterations=3, max_depth=1, max_subcalls=10, max_cost_usd=None, timeout_s=60)
-    request = RunRequest(messages=[{"role": "user", "content": "some context " * 100}], root_model="m",
-                         sub_model="m", limits=limits, cache=CachePolicy(""))
-    engine = RLMEngine(FirstCallSignals(root_called), WaitingPool(pool, root_called),  # type: ignore[arg-type]
-                       RLMSettings(min_coverage_to_answer=0))
-    events = [event async for event in engine.run(request)]
+    events = [event async for event in run(WaitingPool(pool, root_called), FirstCallSignals(root_called))]
     assert isinstance(events[-1], RunFinished) and events[-1].answer == "42"
