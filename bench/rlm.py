@@ -126,15 +126,21 @@ def critical_path(proxy: str, latency_s: float, sizes: list[int], repeats: int) 
     return rows
 
 
+def run_record(proxy: str, body: dict[str, Any]) -> bytes:
+    """The record of the run that answered with `body`, as GET /v1/rlm/runs/{id} gives it."""
+    response = httpx.get(f"{proxy}/v1/rlm/runs/{body['rlm']['run_id']}", timeout=30,
+                         headers={"authorization": f"Bearer {KEY}"})
+    response.raise_for_status()
+    return response.content
+
+
 def subcall_overhead(proxy: str, mock: str, calls: int) -> list[str]:
     """What the proxy adds to each sequential `llm_query`: a block making `calls` of them one after another
     (its duration, from the run's record) against as many calls made to the mock directly."""
     code = f"for number in range({calls}):\n    llm_query(f'hello {{number}}')\n"
     prompt = "[[exec:" + base64.b64encode(code.encode()).decode() + "]] Run it."
     _, body = rlm_request(proxy, prompt)
-    record = httpx.get(f"{proxy}/v1/rlm/runs/{body['rlm']['run_id']}", timeout=30,
-                       headers={"authorization": f"Bearer {KEY}"}).json()
-    block = record["iterations"][0]["blocks"][0]
+    block = orjson.loads(run_record(proxy, body))["iterations"][0]["blocks"][0]
     assert block["outcome"] == "ok" and len(block["subcalls"]) == calls, block
     direct = run(sequential([Target(DIRECT, mock, "mock-model")], calls, calls))[DIRECT]
     added = block["duration_s"] / calls - statistics.median(direct)
@@ -228,16 +234,14 @@ def record_cost(tmp: Path, procs: list[subprocess.Popen[bytes]], rounds: int) ->
                              for name, enabled in (("recording", "true"), ("off", "false"))})
     runs = alternate(proxies, needle_prompt(10 * MB, NEEDLE_KEY, NEEDLE_VALUE), rounds)
     on, off = runs["recording"], runs["off"]
-    record = httpx.get(f"{proxies['recording'][0]}/v1/rlm/runs/{on.last['rlm']['run_id']}", timeout=30,
-                       headers={"authorization": f"Bearer {KEY}"})
-    record.raise_for_status()
+    record = run_record(proxies["recording"][0], on.last)
     on_wall, off_wall = statistics.median(on.walls), statistics.median(off.walls)
     on_rss, off_rss = statistics.median(on.growths), statistics.median(off.growths)
     return [["10 MB needle run, wall time (median)", f"{on_wall * 1e3:.0f} ms", f"{off_wall * 1e3:.0f} ms",
              f"{on_wall / off_wall:.3f}"],
             ["proxy peak RSS growth per run (median)", f"{on_rss / MB:.1f} MB", f"{off_rss / MB:.1f} MB",
              f"{on_rss / off_rss:.3f}" if off_rss else "-"],
-            ["the run's record (GET /v1/rlm/runs/{id})", f"{len(record.content) / 1024:.1f} KiB", "-", "-"]]
+            ["the run's record (GET /v1/rlm/runs/{id})", f"{len(record) / 1024:.1f} KiB", "-", "-"]]
 
 
 def streaming_gain(tmp: Path, procs: list[subprocess.Popen[bytes]], rounds: int, latency_ms: float,
