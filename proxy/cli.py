@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     mock = commands.add_parser("mock-upstream", help="run the mock OpenAI-compatible model server")
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=8001)
-    mock.add_argument("--latency-ms", type=float, default=0.0)
+    mock.add_argument("--latency-ms", type=float, default=0.0,
+                      help="from a request's arrival to its response (to its first byte when streaming)")
     mock.add_argument("--stream-deltas", type=int, default=4)
     mock.add_argument("--tokens-per-second", type=float, default=None,
                       help="write replies at this rate, streamed a token at a time (default: at once)")

@@ -80,7 +80,7 @@ _VALUE_OPTIONS = frozenset({"status", "times", "id", "latency_ms"})
 
 @dataclass
 class MockSettings:
-    latency_ms: float = 0.0  # fixed delay before the response (before the first byte when streaming)
+    latency_ms: float = 0.0  # from a request's arrival to its response (its first byte when streaming)
     stream_deltas: int = 4  # a streamed reply is split into this many content deltas
     # Generation speed: None answers at once; else a reply takes its tokens (4 characters each) at this
     # rate, streamed one token per delta (overrides stream_deltas), as a real model writes.
@@ -598,6 +598,7 @@ class MockApp:
 
     async def _serve(self, parse: _Parser, receive: Receive, send: Send) -> bool:
         """Answer one model request; True if the whole response was sent."""
+        arrived = asyncio.get_running_loop().time()
         body = await _read_body(receive)
         if body is None:
             return False
@@ -607,15 +608,17 @@ class MockApp:
         except _BadRequest as exc:
             await _send_bytes(send, 400, _error_body(str(exc), "invalid_request_error", None), _JSON_HEADERS)
             return True
-        return await self._after_delay(receive, marker,
+        return await self._after_delay(receive, marker, arrived,
                                        lambda watch: self._respond(request, marker, send, watch))
 
-    async def _after_delay(self, receive: Receive, marker: _Marker | None,
+    async def _after_delay(self, receive: Receive, marker: _Marker | None, arrived: float,
                            answer: Callable[[_DisconnectWatch], Awaitable[bool]]) -> bool:
-        """Wait out the request's latency, then answer; False if the client went away first."""
+        """Answer once the request's latency has passed since it `arrived` (loop time), as a model's latency
+        runs from the request: reading and parsing it is part of that time, not added to it, so that under
+        load a benchmark's critical path is the latency it set. False if the client went away first."""
         watch = _DisconnectWatch(receive)
         try:
-            delay = self._delay_seconds(marker)
+            delay = self._delay_seconds(marker) - (asyncio.get_running_loop().time() - arrived)
             if delay > 0 and await watch.sleep(delay):
                 return False
             return await answer(watch)
@@ -630,6 +633,7 @@ class MockApp:
 
     async def _serve_messages(self, receive: Receive, send: Send) -> bool:
         """A chat request in the Messages dialect, answered as `_respond` would, in Anthropic's shapes."""
+        arrived = asyncio.get_running_loop().time()
         body = await _read_body(receive)
         if body is None:
             return False
@@ -640,7 +644,7 @@ class MockApp:
             await _send_anthropic_error(send, exc if isinstance(exc, ProxyError) else ProxyError(
                 400, str(exc), code="invalid_request"))
             return True
-        return await self._after_delay(receive, marker,
+        return await self._after_delay(receive, marker, arrived,
                                        lambda watch: self._answer_messages(request, marker, send, watch))
 
     async def _answer_messages(self, request: _ChatRequest, marker: _Marker, send: Send,

@@ -278,6 +278,23 @@ def test_latency_marker_overrides_settings(mock: _RunningMock) -> None:
     assert time.monotonic() - started < 0.3
 
 
+def test_latency_runs_from_the_requests_arrival(mock: _RunningMock) -> None:
+    """A model's latency includes reading the request: a body that takes 0.8 s to upload is answered 1 s
+    after the request began (not 1.8 s), so that a benchmark's critical path is the latency it set."""
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x [[mock:latency_ms=1000]]"}]})
+
+    def slow_upload() -> Iterator[bytes]:
+        yield body[:20].encode()
+        time.sleep(0.8)
+        yield body[20:].encode()
+
+    started = time.monotonic()
+    response = httpx.post(f"{mock.url}/v1/chat/completions", content=slow_upload(), timeout=10,
+                          headers={"content-length": str(len(body))})
+    assert response.status_code == 200
+    assert 1.0 <= time.monotonic() - started < 1.6
+
+
 @pytest.mark.parametrize(
     ("text", "stream"), [("[[mock:timeout]]", False), ("wait [[mock:latency_ms=5000]]", True)]
 )
