@@ -4,18 +4,23 @@ events, cutting texts, and finding and redacting secrets."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
 
+from proxy.auth import Identity
 from proxy.cache import CachePolicy
 from proxy.config import Settings
 from proxy.rlm.budget import RunLimits
 from proxy.rlm.engine import RunRequest
+from proxy.rlm.events import Event
 from proxy.rlm.prompts import build_input
-from proxy.trajectories.record import cut, input_shape, timeline
+from proxy.trajectories.record import context_text, cut, input_digests, input_shape, timeline
+from proxy.trajectories.recorder import Trajectories
 from proxy.trajectories.replay import input_mismatch, stored_messages
 from proxy.trajectories.secrets import REDACTED, Redactor, known_secrets
 from proxy.trajectories.store import MemoryRuns
@@ -133,8 +138,50 @@ def test_a_stored_input_gives_the_engine_the_recorded_input_again(messages: list
     run = RunRequest(messages=messages, root_model="m", sub_model="m", cache=CachePolicy(""),
                      limits=RunLimits(max_iterations=1, max_depth=1, max_subcalls=0, max_cost_usd=None,
                                       timeout_s=1))
-    shape = input_shape(run, store_context=True)
+    run_input = build_input(messages)
+    text = context_text(run_input.context)
+    shape = input_shape(run, run_input, text, store_context=True)
+    shape["sha256"], shape["request_sha256"] = input_digests(run_input, text)
     rebuilt = stored_messages(shape)
     assert build_input(rebuilt) == build_input(messages)
     assert input_mismatch(shape, rebuilt) is None
     assert input_mismatch(shape, [*messages, {"role": "user", "content": "more"}]) is not None
+
+
+@pytest.mark.parametrize("ending", ["failed", "cancelled"])
+def test_a_run_that_ends_before_its_input_is_hashed_gets_its_digests_all_the_same(ending: str) -> None:
+    """The input is hashed in a thread while the run works: a run that ended first is saved again with
+    its digests (a replay and the viewer read them from the record)."""
+    context = "the whole input " * 200_000
+    run = RunRequest(messages=[{"role": "user", "content": context}], root_model="m", sub_model="m",
+                     cache=CachePolicy(""), limits=RunLimits(max_iterations=1, max_depth=1, max_subcalls=0,
+                                                             max_cost_usd=None, timeout_s=1))
+    identity = Identity(key_hash="k" * 64, alias="someone")
+
+    async def events() -> AsyncIterator[Event]:
+        if ending == "failed":
+            raise RuntimeError("the engine broke")
+        await asyncio.Event().wait()  # never ends: cancelled below
+        yield  # type: ignore[misc]  # (an async generator)
+
+    async def scenario() -> dict[str, Any]:
+        settings = Settings()
+        trajectories = Trajectories(settings.trajectories, settings.cache, ())
+        recorded = trajectories.recorded(events(), run, identity)
+        if ending == "failed":
+            with pytest.raises(RuntimeError):
+                await anext(recorded)
+        else:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(anext(recorded), 0.001)
+        record = await trajectories.load(run.run_id, identity)
+        assert record["status"] == ending
+        for _ in range(500):
+            if (record := await trajectories.load(run.run_id, identity))["input"]["sha256"] is not None:
+                break
+            await asyncio.sleep(0.01)
+        return record
+
+    record = asyncio.run(scenario())
+    assert record["input"]["sha256"] == hashlib.sha256(context.encode()).hexdigest()
+    assert record["input"]["request_sha256"] == input_digests(build_input(run.messages), context)[1]

@@ -25,7 +25,7 @@ from proxy.rlm.events import (
     SubcallsDispatched,
     SubcallsFinished,
 )
-from proxy.rlm.prompts import RunInput, build_input
+from proxy.rlm.prompts import RunInput
 
 FORMAT_VERSION = 1
 PREVIEW_CHARS = 200  # of the input's head and tail
@@ -40,15 +40,13 @@ def cut(text: str, limit: int) -> str:
     return f"{text[:limit]}… [{len(text) - limit:,} more characters]"
 
 
-def input_shape(run: RunRequest, store_context: bool) -> dict[str, Any]:
-    """What the run was given: its kind, size, digests and edges; the whole of it only when asked."""
-    run_input = build_input(run.messages)
+def input_shape(run: RunRequest, run_input: RunInput, text: str, store_context: bool) -> dict[str, Any]:
+    """What the run was given (`run_input`, its context as `text`): its kind, size and edges; the whole of
+    it only when asked. Its digests (`input_digests`) are None until the recorder fills them in."""
     context = run_input.context
-    text = context_text(context)
-    sha256, request_sha256 = input_digests(run_input, text)
     shape: dict[str, Any] = {
         "type": "str" if isinstance(context, str) else "list", "messages": len(run.messages),
-        "chars": len(text), "sha256": sha256, "request_sha256": request_sha256,
+        "chars": len(text), "sha256": None, "request_sha256": None,
         "head": text[:PREVIEW_CHARS], "tail": text[-PREVIEW_CHARS:] if len(text) > PREVIEW_CHARS else ""}
     if store_context:
         shape["context"] = context

@@ -25,7 +25,16 @@ from proxy.config import CacheSettings, TrajectorySettings
 from proxy.errors import ProxyError, store_unavailable
 from proxy.rlm.engine import RunRequest
 from proxy.rlm.events import Event, RunFinished
-from proxy.trajectories.record import TERMINAL_EVENTS, event_dict, header, input_shape, timeline
+from proxy.rlm.prompts import build_input
+from proxy.trajectories.record import (
+    TERMINAL_EVENTS,
+    context_text,
+    event_dict,
+    header,
+    input_digests,
+    input_shape,
+    timeline,
+)
 from proxy.trajectories.secrets import MIN_SECRET_CHARS, Redactor
 from proxy.trajectories.store import run_store
 
@@ -118,15 +127,22 @@ class Trajectories:
             cleaned = own(encoded)
             return value if cleaned is encoded else orjson.loads(cleaned)  # parsed again only if it held one
 
-        live = LiveRun(identity.key_hash, hidden(header(run, identity.alias, time.time(),
-                                                        input_shape(run, self._settings.store_context),
-                                                        replay_of)))
+        run_input = build_input(run.messages)
+        text = context_text(run_input.context)
+        live = LiveRun(identity.key_hash, hidden(header(
+            run, identity.alias, time.time(), input_shape(run, run_input, text, self._settings.store_context),
+            replay_of)))
         self._live[run.run_id] = live
         self._save(live)
+        # Hashing megabytes would hold up the run's first call: it runs in a thread (hashlib lets go of the
+        # GIL), and the record has its digests before it tells how the run ended.
+        digests = asyncio.ensure_future(asyncio.to_thread(input_digests, run_input, text))
+        digests.add_done_callback(lambda done: self._add_digests(live, done))
         try:
             async for event in events:
                 recorded = hidden(event_dict(event, limit))
                 if isinstance(event, RunFinished):
+                    await asyncio.wait([digests])
                     live.end("finished", recorded, **{k: recorded[k] for k in (
                         "answer", "finish_reason", "stopped", "totals")})
                 else:
@@ -146,6 +162,13 @@ class Trajectories:
         finally:  # closed early (the client went away) or cancelled
             live.end("cancelled", {"type": "run_cancelled"})
             self._save(live)
+
+    def _add_digests(self, live: LiveRun, digests: asyncio.Future[tuple[str, str]]) -> None:
+        if not digests.cancelled() and digests.exception() is None:
+            sha256, request_sha256 = digests.result()
+            live.header["input"].update(sha256=sha256, request_sha256=request_sha256)
+            if live.done:  # (a run that failed or was cancelled meanwhile was saved without them)
+                self._save(live)
 
     # --- saving ------------------------------------------------------------------------------------------
 

@@ -266,7 +266,7 @@ function showHeader(run) {
     ["Started", formatTime(run.started_at)],
     [run.finished_at ? "Duration" : "Running for", formatSeconds(ended)],
     ["Input", `${input.type}, ${plural(input.chars, "character")}, ${plural(input.messages, "message")}`],
-    ["Input SHA-256", input.sha256],
+    ["Input SHA-256", input.sha256 ?? "being computed"],
     ["Limits", [`${limits.max_iterations} iterations`, `depth ${limits.max_depth}`, `${limits.max_subcalls} sub-calls`,
       limits.max_cost_usd === null ? "no cost cap" : formatCost(limits.max_cost_usd),
       limits.timeout_s === null ? "no time limit" : formatSeconds(limits.timeout_s)].join(", ")],
