@@ -12,6 +12,12 @@ time, wall / critical path, and peak RSS (rlm-proxy: its server process and live
 whole process, which runs the REPL in process). rlm-proxy's wall time is the client's, from the first byte
 sent (the prompt travels over HTTP); rlms' is the `completion()` call alone.
 
+A third row per task, the floor, makes the run's model calls and nothing else: its two root calls and its
+sub-calls (prompts of the sizes rlm-proxy's run sent, cut from the task's text), at the same concurrency,
+from a bare aiohttp client straight to the mock. It is what any implementation pays for its calls on this
+machine, where the HTTP stacks and the mock share the cores with it: `wall / floor` is what each system adds
+beyond that.
+
 `rlms` (pinned below) is installed from PyPI into its own virtualenv under .cache/peers on first use. DSPy's
 RLM (`dspy.RLM`) is not included: it runs the model's code in Deno with Pyodide, which it fetches from the
 network at run time; not tried offline here.
@@ -20,6 +26,7 @@ network at run time; not tried offline here.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import math
@@ -27,12 +34,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import orjson
+
 from bench.passthrough import descendants, show, stop
-from bench.rlm import MB, rlm_request, start_mock, start_proxy, status_kb
+from bench.rlm import MB, rlm_request, run_record, start_mock, start_proxy, status_kb
 from proxy.mock_policy import FILLER, needle_prompt
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +53,7 @@ RUNNER = Path(__file__).resolve().parent / "peers_rlms.py"
 SUBCALL_CONCURRENCY = 64
 NEEDLE_KEY, NEEDLE_VALUE = "peer-key", "8675309"
 COUNT_WORD, COUNT_TIMES = "zebra", 37
-PROXY, RLMS = "rlm-proxy", f"rlms {RLMS_VERSION}"
+PROXY, RLMS, FLOOR = "rlm-proxy", f"rlms {RLMS_VERSION}", "floor: the calls alone"
 
 
 @dataclass(frozen=True)
@@ -58,8 +69,9 @@ class Result:
     walls: list[float] = field(default_factory=list)
     successes: int = 0
     runs: int = 0
-    peak_mb: float = 0.0
+    peak_mb: float | None = 0.0
     subcalls: int = 0  # of the task, as rlm-proxy counted them (both systems run the same script)
+    prompt_chars: list[int] = field(default_factory=list)  # of the sub-calls, in rlm-proxy's last run
 
 
 def rlms_python() -> Path:
@@ -116,6 +128,46 @@ class RlmsRunner:
         self._process.wait(30)
 
 
+class FloorRunner:
+    """A run's model calls made straight to the mock, on one event loop and connection pool kept across
+    runs (as the proxy keeps its own)."""
+
+    def __init__(self, mock: str) -> None:
+        self._url = mock + "/v1/chat/completions"
+        self._loop = asyncio.Runner()
+        self._session = self._loop.run(self._open())
+
+    async def _open(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=SUBCALL_CONCURRENCY))
+
+    def run(self, task: Task, prompt_chars: list[int]) -> float:
+        return self._loop.run(self._run(task, prompt_chars))
+
+    async def _run(self, task: Task, prompt_chars: list[int]) -> float:
+        head = task.question + "\n\nText:\n"
+        prompts, start = [], 0
+        for chars in prompt_chars:
+            piece = max(0, chars - len(head))
+            prompts.append(head + task.prompt[start:start + piece])
+            start += piece
+        began = time.perf_counter()
+        await self._call("Write code to look at the context.")
+        await asyncio.gather(*(self._call(prompt) for prompt in prompts))  # the pool allows 64 at once
+        await self._call("Give the answer.")
+        return time.perf_counter() - began
+
+    async def _call(self, prompt: str) -> None:
+        body = orjson.dumps({"model": "mock-model", "messages": [{"role": "user", "content": prompt}]})
+        async with self._session.post(self._url, data=body, headers={"content-type": "application/json"}
+                                      ) as response:
+            response.raise_for_status()
+            await response.read()
+
+    def close(self) -> None:
+        self._loop.run(self._session.close())
+        self._loop.close()
+
+
 def tree_peak_mb(pid: int) -> float:
     """VmHWM of a process and its live descendants, in MB."""
     total = 0
@@ -127,17 +179,22 @@ def tree_peak_mb(pid: int) -> float:
 
 def measure(latency_ms: float, all_tasks: list[Task], rounds: int, tmp: Path) -> dict[str, dict[str, Result]]:
     procs: list[subprocess.Popen[bytes]] = []
-    results = {task.name: {PROXY: Result(), RLMS: Result()} for task in all_tasks}
+    results = {task.name: {PROXY: Result(), RLMS: Result(), FLOOR: Result(peak_mb=None)}
+               for task in all_tasks}
     runner: RlmsRunner | None = None
+    floor: FloorRunner | None = None
     try:
         mock = start_mock(procs, tmp, latency_ms)
         proxy = start_proxy(procs, tmp, mock, latency_ms)
         proxy_pid = procs[-1].pid
         runner = RlmsRunner(mock, tmp)
+        floor = FloorRunner(mock)
         for number in range(rounds):
             for task in all_tasks:
-                # Alternate which system goes first, so that neither always runs on a warmer machine.
-                order = (PROXY, RLMS) if number % 2 == 0 else (RLMS, PROXY)
+                # Alternate which system goes first, so that neither always runs on a warmer machine; the
+                # floor makes the calls of rlm-proxy's run, after it.
+                order = (PROXY, RLMS, FLOOR) if number % 2 == 0 else (RLMS, PROXY, FLOOR)
+                proxied = results[task.name][PROXY]
                 for system in order:
                     result = results[task.name][system]
                     if system == PROXY:
@@ -145,18 +202,30 @@ def measure(latency_ms: float, all_tasks: list[Task], rounds: int, tmp: Path) ->
                         answer = body["choices"][0]["message"]["content"]
                         result.peak_mb = tree_peak_mb(proxy_pid)
                         result.subcalls = body["rlm"]["subcalls"]
-                    else:
+                        result.prompt_chars = [call["prompt_chars"] for call in subcalls_of(
+                            orjson.loads(run_record(proxy, body)))]
+                    elif system == RLMS:
                         done = runner.run(task)
                         wall, answer, result.peak_mb = done["wall_s"], done["answer"], done["peak_mb"]
+                    else:
+                        wall, answer = floor.run(task, proxied.prompt_chars), task.expected
                     result.runs += 1
                     result.successes += str(answer).strip() == task.expected
                     result.walls.append(wall)
     finally:
         if runner is not None:
             runner.close()
+        if floor is not None:
+            floor.close()
         for proc in reversed(procs):
             stop(proc)
     return results
+
+
+def subcalls_of(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The sub-calls of a run's record, in the order they were made."""
+    return [call for iteration in record["iterations"] for block in iteration["blocks"]
+            for call in block["subcalls"]]
 
 
 def critical_calls(subcalls: int) -> int:
@@ -169,11 +238,13 @@ def rows_for(latency_ms: float, results: dict[str, dict[str, Result]]) -> list[l
     rows = []
     for task, systems in results.items():
         calls = critical_calls(systems[PROXY].subcalls)
+        floor = statistics.median(systems[FLOOR].walls)
         for system, result in systems.items():
             wall = statistics.median(result.walls)
             rows.append([f"{latency_ms:.0f} ms", task, system, f"{result.successes}/{result.runs}",
                          f"{wall * 1000:.0f} ms", f"{wall / (calls * latency_ms / 1000):.2f} ({calls} calls)",
-                         f"{result.peak_mb:.0f} MB"])
+                         f"{wall / floor:.2f}",
+                         "-" if result.peak_mb is None else f"{result.peak_mb:.0f} MB"])
     return rows
 
 
@@ -191,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         for latency_ms in args.latencies_ms:
             rows += rows_for(latency_ms, measure(latency_ms, all_tasks, args.rounds, Path(tmp)))
     show("RLM implementations on the same scripted model (critical path: root, sub-call waves, root)",
-         ["latency", "task", "system", "ok", "wall p50", "wall / critical path", "peak RSS"], rows)
+         ["latency", "task", "system", "ok", "wall p50", "wall / critical path", "wall / floor", "peak RSS"],
+         rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

@@ -14,6 +14,7 @@ import openai
 import pytest
 import uvicorn
 
+from bench.peers import FloorRunner, Task
 from proxy import mock_embeddings, mock_policy
 from proxy.mock_policy import needle_prompt
 from proxy.mock_upstream import MockSettings, build_mock_app
@@ -520,3 +521,15 @@ def test_the_scripted_root_speaks_the_rlms_librarys_protocol_too() -> None:
     count = [start[0], message("user", "Answer the following: How many times does the word 'x' appear?"),
              message("assistant", "```repl\n...\n```"), message("user", "total=3")]
     assert mock_policy.reply(count) == '```repl\nanswer["content"] = str(total)\nanswer["ready"] = True\n```'
+
+
+def test_the_peers_floor_makes_a_runs_calls_and_nothing_else(mock: _RunningMock) -> None:
+    """bench.peers' floor: the two root calls and one sub-call per prompt size, straight to the mock."""
+    floor = FloorRunner(mock.url)
+    try:
+        task = Task("needle", "filler text. " * 100, "Where is it?", "42")
+        assert floor.run(task, [300, 300, 50]) > 0
+        assert floor.run(task, []) > 0
+    finally:
+        floor.close()
+    assert mock.stats()["completed"] == 2 + 3 + 2
