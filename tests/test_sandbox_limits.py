@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import platform
 import signal
 import sys
 import time
@@ -293,6 +294,23 @@ async def test_the_worker_runs_with_an_empty_environment_and_os_limits(session: 
             assert "\nUid:\t65534\t" in proc_file(pid, "status")
     finally:
         del os.environ["RLM_SANDBOX_LIMITS_CANARY"]
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator settings")
+async def test_the_worker_keeps_what_it_frees_for_its_next_allocations(session: SandboxSession) -> None:
+    """A worker lives for one run: memory its code frees stays in its heap, so that the next prompts it
+    builds do not fault pages in again (glibc's mmap threshold raised, trimming off)."""
+    pid = session.pid
+    assert pid is not None
+
+    def rss_mib() -> int:
+        line = next(line for line in proc_file(pid, "status").splitlines() if line.startswith("VmRSS:"))
+        return int(line.split()[1]) // 1024
+
+    before = rss_mib()
+    result = await run(session, "block = 'x' * 20_000_000\ndel block")
+    assert result.outcome == "ok", result.output
+    assert rss_mib() - before >= 15  # an mmapped block would have gone back at `del`
 
 
 async def test_files_and_sockets_are_out_of_reach(session: SandboxSession) -> None:
