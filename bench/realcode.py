@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandbox import ExecResult, PoolLimits, SandboxLimits, SandboxPool
+from sandbox import ExecResult, PoolLimits, Prompt, SandboxLimits, SandboxPool
 from sandbox.policy import REFUSALS
 
 CORPUS_VARIABLE = "RLM_REALCODE_DIR"
@@ -280,8 +280,8 @@ class StubHandler:
     def prompt_refusals(self, chars: list[int], model: str | None) -> list[str | None]:
         return [None] * len(chars)
 
-    async def llm_query(self, prompts: list[str], model: str | None) -> list[str]:
-        return [stub_answer(prompt) for prompt in prompts]
+    async def llm_query(self, prompts: list[Prompt], model: str | None) -> list[str]:
+        return [stub_answer(await prompt.text) for prompt in prompts]
 
     async def rlm_query(self, prompt: str, context: Any) -> str:
         return stub_answer(prompt)

@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sandbox import PoolLimits, SandboxLimits, SandboxPool
+from sandbox import PoolLimits, Prompt, SandboxLimits, SandboxPool
 from sandbox.bridge import BOOT, PACKAGE_DIR, WORKER_COMMAND, WorkerProcess
 
 WAIT_FOR_WARM_S = 30.0
@@ -43,7 +43,7 @@ class InstantHandler:
     def prompt_refusals(self, chars: list[int], model: str | None) -> list[str | None]:
         return [None] * len(chars)
 
-    async def llm_query(self, prompts: list[str], model: str | None) -> list[str]:
+    async def llm_query(self, prompts: list[Prompt], model: str | None) -> list[str]:
         return ["answer"] * len(prompts)
 
     async def rlm_query(self, prompt: str, context: Any) -> str:

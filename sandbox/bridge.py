@@ -32,6 +32,7 @@ from sandbox.interface import (
     CallHandler,
     Isolation,
     ProcessUsage,
+    Prompt,
     SandboxLimits,
     SandboxUnavailableError,
     WorkerUser,
@@ -278,11 +279,28 @@ class WorkerProcess:
             if results[index] is None:
                 results[index] = transfers.take(size)
         wanted = [index for index, result in enumerate(results) if result is None]
+        loop = asyncio.get_running_loop()
         for wave in transfers.waves(wanted, request.sizes):
             async with transfers.shared.hold(sum(request.sizes[index] for index in wave)):
                 await self._send({"op": "send", "take": wave})
-                prompts = [await self._read_text(request.chars[i], request.sizes[i]) for i in wave]
-                answers = await _ask_models(handler, prompts, request.model)
+                # The models are asked at once, and each call starts as its prompt arrives, while the
+                # worker writes the next (a wave of 10 MB takes ~15 ms to read).
+                prompts = [Prompt(request.chars[i], loop.create_future()) for i in wave]
+                asking = asyncio.ensure_future(_ask_models(handler, prompts, request.model))
+                try:
+                    for prompt, index in zip(prompts, wave, strict=True):
+                        text = await self._read_text(request.chars[index], request.sizes[index])
+                        prompt.text.set_result(text)
+                except BaseException as error:
+                    for prompt in prompts:  # the worker is dead or killed: the rest will not come
+                        prompt.text.cancel()
+                    try:
+                        if not isinstance(error, asyncio.CancelledError):
+                            await asyncio.wait([asking])  # the calls that had a prompt end, accounted for
+                    finally:
+                        asking.cancel()  # (a no-op once it is done)
+                    raise
+                answers = await asking
                 del prompts
             for index, answer in zip(wave, answers, strict=True):
                 results[index] = answer
@@ -437,7 +455,7 @@ def _refusals(handler: CallHandler, chars: list[int], model: str | None) -> list
     return [SUBCALL_FAILED] * len(chars)
 
 
-async def _ask_models(handler: CallHandler, prompts: list[str], model: str | None) -> list[str]:
+async def _ask_models(handler: CallHandler, prompts: list[Prompt], model: str | None) -> list[str]:
     count = len(prompts)
     try:
         answers = await handler.llm_query(prompts, model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -66,6 +67,23 @@ class PoolLimits:
             raise ValueError("PoolLimits: worker_wait_s must be >= 0 and max_inflight_bytes positive")
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt of an llm_query batch: its size is known when the batch is announced, its text (`await
+    prompt.text`) once it has been read from the worker, so that a call can start while the next prompt is
+    still on its way. Awaiting the text raises CancelledError if the block ends before it arrives."""
+
+    chars: int
+    text: asyncio.Future[str]
+
+    @classmethod
+    def of(cls, text: str) -> Prompt:
+        """A prompt whose text is there already."""
+        arrived: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        arrived.set_result(text)
+        return cls(len(text), arrived)
+
+
 class CallHandler(Protocol):
     """Implemented by the engine: makes the real model calls that code in the REPL asks for."""
 
@@ -74,8 +92,9 @@ class CallHandler(Protocol):
         None. Asked once per batch, before any prompt is read from the worker."""
         ...
 
-    async def llm_query(self, prompts: list[str], model: str | None) -> list[str]:
-        """One answer per prompt, in order; never raises (failures are "Error: ..." strings)."""
+    async def llm_query(self, prompts: list[Prompt], model: str | None) -> list[str]:
+        """One answer per prompt, in order; never raises (failures are "Error: ..." strings). Called as soon
+        as a batch's prompts are asked for: each text arrives in turn (`Prompt`)."""
         ...
 
     async def rlm_query(self, prompt: str, context: NestedContext) -> str:

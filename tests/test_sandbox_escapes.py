@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from sandbox import PoolLimits, SandboxLimits, SandboxPool
+from sandbox import PoolLimits, Prompt, SandboxLimits, SandboxPool
 from tests.sandbox_attacks import ATTACKS, CANARY_VARIABLE, PROBE_PATH
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -28,7 +28,7 @@ class Handler:
     def prompt_refusals(self, chars: list[int], model: str | None) -> list[str | None]:
         return [None] * len(chars)
 
-    async def llm_query(self, prompts: list[str], model: str | None) -> list[str]:
+    async def llm_query(self, prompts: list[Prompt], model: str | None) -> list[str]:
         return ["sub-model answer"] * len(prompts)
 
     async def rlm_query(self, prompt: str, context: Any) -> str:

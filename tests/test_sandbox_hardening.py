@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from sandbox import PoolLimits, SandboxLimits, SandboxPool, SandboxSession, SandboxUnavailableError
+from sandbox import PoolLimits, Prompt, SandboxLimits, SandboxPool, SandboxSession, SandboxUnavailableError
 from sandbox.protocol import MAX_ANSWER_CHARS
 from sandbox.transfer import ByteBudget, Transfers
 from tests.test_sandbox_limits import Handler, gone, run
@@ -51,9 +51,10 @@ class Recorder(Handler):
         return [f"Error: over {limit} characters" if limit is not None and count > limit else None
                 for count in chars]
 
-    async def llm_query(self, prompts: list[str], model: str | None) -> list[str]:
-        self.batches.append(prompts)
-        return [f"answer {len(prompt)}" for prompt in prompts]
+    async def llm_query(self, prompts: list[Prompt], model: str | None) -> list[str]:
+        texts = [await prompt.text for prompt in prompts]
+        self.batches.append(texts)
+        return [f"answer {len(text)}" for text in texts]
 
     async def rlm_query(self, prompt: str, context: Any) -> str:
         self.batches.append([prompt, repr(context)])

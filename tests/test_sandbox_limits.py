@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from sandbox import ExecResult, PoolLimits, SandboxLimits, SandboxPool, SandboxSession
+from sandbox import ExecResult, PoolLimits, Prompt, SandboxLimits, SandboxPool, SandboxSession
 from sandbox.bridge import WorkerDied, WorkerProcess
 from sandbox.protocol import ProtocolError, parse_worker_message
 from sandbox.transfer import ByteBudget, Transfers
@@ -71,7 +71,7 @@ class Handler:
     def prompt_refusals(self, chars: list[int], model: str | None) -> list[str | None]:
         return [None] * len(chars)
 
-    async def llm_query(self, prompts: list[str], model: str | None) -> list[str]:
+    async def llm_query(self, prompts: list[Prompt], model: str | None) -> list[str]:
         try:
             if self.on_call is not None:
                 await self.on_call()

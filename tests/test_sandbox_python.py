@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from sandbox import ExecResult, FinalAnswer, PoolLimits, SandboxLimits, SandboxPool, SandboxSession
+from sandbox import ExecResult, FinalAnswer, PoolLimits, Prompt, SandboxLimits, SandboxPool, SandboxSession
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -31,11 +31,12 @@ class FakeHandler:
     def prompt_refusals(self, chars: list[int], model: str | None) -> list[str | None]:
         return [None] * len(chars)
 
-    async def llm_query(self, prompts: list[str], model: str | None) -> list[str]:
-        self.calls.append(("llm", prompts, model))
+    async def llm_query(self, prompts: list[Prompt], model: str | None) -> list[str]:
+        texts = [await prompt.text for prompt in prompts]
+        self.calls.append(("llm", texts, model))
         if self.fail:
             raise RuntimeError("handler bug")
-        return [f"<{prompt} via {model}>" for prompt in prompts]
+        return [f"<{text} via {model}>" for text in texts]
 
     async def rlm_query(self, prompt: str, context: Any) -> str:
         self.calls.append(("rlm", prompt, context))
@@ -446,6 +447,25 @@ async def test_llm_query_batched_is_one_round_trip_in_order_with_item_errors(fre
                                          "for a in answers:", "    print(a)"), handler)
     assert output == "True 3\n<one via m>\nError: the prompt must be a str, not int\n<three via m>\n"
     assert handler.calls == [("llm", ["one", "three"], "m")]
+
+
+class EarlyAsker(FakeHandler):
+    """Notes how many of a batch's prompts were still to come from the worker when it was asked."""
+
+    unread_when_asked = -1
+
+    async def llm_query(self, prompts: list[Prompt], model: str | None) -> list[str]:
+        self.unread_when_asked = sum(not prompt.text.done() for prompt in prompts)
+        return [str(len(await prompt.text)) for prompt in prompts]
+
+
+async def test_a_batch_is_asked_for_while_its_prompts_are_still_arriving(fresh: SandboxSession) -> None:
+    """The models get a batch at once, each prompt as it arrives: the first calls go out while the worker
+    still writes the rest (3 x 2 MB here, more than the pipe and the reader hold)."""
+    handler = EarlyAsker()
+    output = await output_of(fresh, "print(llm_query_batched([c * 2_000_000 for c in 'abc']))", handler)
+    assert output == "['2000000', '2000000', '2000000']\n"
+    assert handler.unread_when_asked >= 1
 
 
 async def test_bad_llm_query_arguments_come_back_as_error_strings(fresh: SandboxSession) -> None:

@@ -34,7 +34,7 @@ from proxy.rlm.events import (
     SubcallsFinished,
 )
 from proxy.rlm.parsing import BlockWatcher, answer_without_protocol, parse_reply
-from sandbox import ExecResult, NestedContext, SandboxPool, SandboxSession
+from sandbox import ExecResult, NestedContext, Prompt, SandboxPool, SandboxSession
 
 # Completion tokens assumed when reserving budget for a sub-call whose answer is not known yet.
 RESERVED_COMPLETION_TOKENS = 500
@@ -336,21 +336,25 @@ class RLMEngine:
         run.events.release(held, RootReplied(iteration=iteration, depth=depth, call=call, final=final))
         return reply
 
-    async def subcall(self, run: _Run, model: str, prompt: str, reserved_usd: float) -> ModelCall:
-        """The call as made; its `text` is what the code gets (an "Error: ..." string when it failed)."""
+    async def subcall(self, run: _Run, model: str, arriving: Prompt, reserved_usd: float) -> ModelCall:
+        """The call as made, once its prompt has arrived; its `text` is what the code gets (an "Error: ..."
+        string when it failed)."""
+        started = time.monotonic()
+        try:
+            prompt = await arriving.text  # before taking a slot: waiting for the worker holds none
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not arriving.text.cancelled() or (current is not None and current.cancelling()):
+                raise  # the run itself is being cancelled
+            return _failed_call(run, model, "", reserved_usd, started, "the code's worker stopped before it "
+                                "sent this prompt")
         async with run.subcalls:
             started = time.monotonic()
             try:
                 reply = await self._caller.complete(model, [{"role": "user", "content": prompt}], {},
                                                     run.request.cache)
             except Exception as error:  # the model's code gets a string, never an exception
-                run.budget.settle(reserved_usd, 0.0)
-                run.stats.subcall_errors += 1
-                duration_s = time.monotonic() - started
-                return ModelCall(model=model, prompt_chars=len(prompt), text=f"Error: {error}",
-                                 error=str(error), prompt_tokens=0, completion_tokens=0, cost_usd=0.0,
-                                 cached=False, duration_s=duration_s, cache_key="", prompt=prompt,
-                                 started_at=time.time() - duration_s)
+                return _failed_call(run, model, prompt, reserved_usd, started, str(error))
         run.stats.record(reply)
         run.stats.cached_subcalls += reply.cached
         run.budget.settle(reserved_usd, 0.0 if reply.cached else reply.cost_usd)
@@ -366,6 +370,17 @@ class RLMEngine:
         run.stats.max_depth = max(run.stats.max_depth, depth)
         answer, _ = await self._solve(run, run_input, depth, deadline=None)
         return answer.text
+
+
+def _failed_call(run: _Run, model: str, prompt: str, reserved_usd: float, started: float,
+                 error: str) -> ModelCall:
+    """A sub-call that cost nothing and answers the code with the error."""
+    run.budget.settle(reserved_usd, 0.0)
+    run.stats.subcall_errors += 1
+    duration_s = time.monotonic() - started
+    return ModelCall(model=model, prompt_chars=len(prompt), text=f"Error: {error}", error=error,
+                     prompt_tokens=0, completion_tokens=0, cost_usd=0.0, cached=False, duration_s=duration_s,
+                     cache_key="", prompt=prompt, started_at=time.time() - duration_s)
 
 
 class _Emitter:
@@ -483,14 +498,14 @@ class _SubcallHandler:
                 (f"Error: this prompt has {count:,} characters, over the sub-model's limit of about "
                  f"{limit:,} characters. Split it into smaller pieces.") for count in chars]
 
-    async def llm_query(self, prompts_: list[str], model: str | None) -> list[str]:
+    async def llm_query(self, prompts_: list[Prompt], model: str | None) -> list[str]:
         run, caller = self._run, self._caller
         target = model or run.request.sub_model
         # Every slot ends up holding a refusal or an answer.
-        results = [refusal or "" for refusal in self.prompt_refusals([len(p) for p in prompts_], model)]
+        results = [refusal or "" for refusal in self.prompt_refusals([p.chars for p in prompts_], model)]
         sendable = [index for index, result in enumerate(results) if not result]
         # Every prompt of the batch is reserved at the largest one's estimate: simple, and never short.
-        reserved_each = max((caller.estimate_cost_usd(target, len(prompts_[i]), RESERVED_COMPLETION_TOKENS)
+        reserved_each = max((caller.estimate_cost_usd(target, prompts_[i].chars, RESERVED_COMPLETION_TOKENS)
                              for i in sendable), default=0.0)
         await run.budget.cover(len(sendable) * reserved_each)
         granted = run.budget.reserve(len(sendable), reserved_each)
@@ -514,7 +529,7 @@ class _SubcallHandler:
         if self._depth >= run.request.limits.max_depth:
             # At the depth limit a nested run is a plain sub-call, as the protocol promises.
             text = prompt if context is None else f"{prompt}\n\n{_as_text(context)}"
-            return (await self.llm_query([text], None))[0]
+            return (await self.llm_query([Prompt.of(text)], None))[0]
         try:
             return await self._engine.nested_run(run, prompt, context, self._depth + 1)
         except Exception as error:  # a failed nested run is an answer the code can inspect
