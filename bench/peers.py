@@ -45,6 +45,7 @@ import orjson
 from bench.passthrough import descendants, show, stop
 from bench.rlm import MB, rlm_request, run_record, start_mock, start_proxy, status_kb
 from proxy.mock_policy import FILLER, needle_prompt
+from proxy.upstream import KEEPALIVE_S
 
 ROOT = Path(__file__).resolve().parent.parent
 RLMS_VERSION = "0.1.3"
@@ -138,7 +139,9 @@ class FloorRunner:
         self._session = self._loop.run(self._open())
 
     async def _open(self) -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=SUBCALL_CONCURRENCY))
+        # Idle connections closed before the server does, as the proxy's own pool does.
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=SUBCALL_CONCURRENCY,
+                                                                    keepalive_timeout=KEEPALIVE_S))
 
     def run(self, task: Task, prompt_chars: list[int]) -> float:
         return self._loop.run(self._run(task, prompt_chars))
