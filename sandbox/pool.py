@@ -129,9 +129,11 @@ class SandboxPool:
             self._release_slot()
 
     def replenish(self) -> None:
-        """Refills the warm workers in the background, one at a time (the machine may have few cores)."""
-        if not self._closed and (self._refill is None or self._refill.done()):
-            self._refill = asyncio.create_task(self._refill_warm())
+        """A session has loaded its worker: refill now if no warm worker is left; else the refill waits for
+        a session to end (`retire`), since starting a worker takes ~80 ms of CPU that the runs under way
+        would lose."""
+        if not self._warm:
+            self._start_refill()
 
     def forget(self, session: SandboxSession) -> None:
         self._sessions.discard(session)
@@ -151,7 +153,7 @@ class SandboxPool:
             waiter.set_result(None)
         else:
             self._slots -= 1
-            self.replenish()
+            self._start_refill()
 
     def _next_waiter(self) -> asyncio.Future[WorkerProcess | None] | None:
         while self._waiting:
@@ -159,6 +161,11 @@ class SandboxPool:
             if not waiter.done():  # (one cancelled a moment ago is still queued until it cleans up)
                 return waiter
         return None
+
+    def _start_refill(self) -> None:
+        """Refills the warm workers in the background, one at a time (the machine may have few cores)."""
+        if not self._closed and (self._refill is None or self._refill.done()):
+            self._refill = asyncio.create_task(self._refill_warm())
 
     async def _refill_warm(self) -> None:
         while (not self._closed and len(self._warm) < self._shared.warm_workers and not self._waiting

@@ -30,7 +30,7 @@ class WorkerSource(Protocol):
         ...
 
     def replenish(self) -> None:
-        """Called once a worker is loaded: a good moment to start replacing it in the background."""
+        """Called once a worker is loaded: the source decides when to start replacing it."""
         ...
 
     def forget(self, session: SandboxSession) -> None:

@@ -342,6 +342,24 @@ async def test_close_and_aclose_leave_no_processes(pool: SandboxPool) -> None:
     assert own.status()["usable"] is False
 
 
+async def test_the_warm_workers_are_refilled_when_runs_end_unless_none_is_left() -> None:
+    """Starting a worker takes ~80 ms of CPU: while a warm one is still ready, the pool waits for a
+    session to end before it starts another, rather than slow the runs under way."""
+    pool = SandboxPool(LIMITS, PoolLimits(warm_workers=2))
+    await pool.start()
+    try:
+        first = await pool.session("a")
+        await asyncio.sleep(0.5)  # (time enough for a refill to start, if one did)
+        assert (pool.status()["warm"], pool.status()["workers"]) == (1, 2)
+        second = await pool.session("b")  # takes the last warm worker: the refill starts now
+        assert await eventually(lambda: pool.status()["warm"] == 1, within_s=10)
+        await first.close()  # a run ended: the warm workers are refilled
+        assert await eventually(lambda: pool.status()["warm"] == 2, within_s=10)
+        await second.close()
+    finally:
+        await pool.aclose()
+
+
 async def test_workers_die_with_their_parent() -> None:
     """Even a worker busy in a loop (which would not notice its pipes closing) ends with its parent."""
     parent = await asyncio.create_subprocess_exec(sys.executable, "-c", PARENT_SCRIPT,
