@@ -23,9 +23,14 @@ import sys
 import time
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import orjson
+
+try:
+    from uvloop import Loop as _UVLOOP
+except ImportError:  # the standard library's loop: its pipe transports close the file object only
+    _UVLOOP = None  # type: ignore[assignment,misc]
 
 from sandbox.framing import FrameError, encode, raw_frame, read_frame, read_message
 from sandbox.interface import (
@@ -155,10 +160,11 @@ class WorkerProcess:
                 fcntl.fcntl(process.stdin.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
             stdout = asyncio.StreamReader(limit=STREAM_LIMIT)
             out_pipe, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdout),
-                                                       process.stdout)
+                                                       _pipe_for(loop, process.stdout))
             stderr = StderrTail()
-            err_pipe, _ = await loop.connect_read_pipe(lambda: stderr, process.stderr)
-            in_pipe, flow = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, process.stdin)
+            err_pipe, _ = await loop.connect_read_pipe(lambda: stderr, _pipe_for(loop, process.stderr))
+            in_pipe, flow = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
+                                                          _pipe_for(loop, process.stdin))
         except BaseException:
             process.kill()
             process.wait()
@@ -415,6 +421,21 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return str(number)
+
+
+def _pipe_for(loop: asyncio.AbstractEventLoop, file: IO[bytes]) -> IO[bytes]:
+    """`file`'s pipe as a file object for the loop's transport, closed once whatever the loop.
+
+    uvloop's pipe transports close the descriptor they are given and also close the file object it came in
+    (uvloop issue #763), and when the garbage collector takes a transport, the two closes are apart: in
+    between, the number can be handed to a new descriptor (a new worker's pipe, a socket), which the
+    second close then closes. The proxy saw it as EBADF from Popen when a collection ran in another
+    thread. So under uvloop the transport gets a file object that does not own the descriptor."""
+    owned = _UVLOOP is None or not isinstance(loop, _UVLOOP)
+    descriptor = os.dup(file.fileno())
+    mode = "wb" if file.writable() else "rb"
+    file.close()
+    return open(descriptor, mode, buffering=0, closefd=owned)  # the transport closes it
 
 
 def _watch_exit(loop: asyncio.AbstractEventLoop, process: subprocess.Popen[bytes]) -> asyncio.Future[int]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import pytest
+import uvloop
 
 from proxy.api.relay import relay
 from proxy.api.request import LARGE_BODY_BYTES, parse_chat_request, parse_json_body
@@ -18,6 +21,7 @@ from proxy.key_store import KeyStore
 from proxy.model_facts import ModelFacts, import_litellm
 from proxy.registry import Deployment
 from proxy.upstream import error_from_status
+from sandbox.bridge import _pipe_for
 
 
 def test_parse_keeps_unknown_parameters() -> None:
@@ -169,3 +173,25 @@ def test_cached_prices_match_litellm(model: str, prompt_tokens: int) -> None:
     assert facts.cost_usd(Deployment("x", "openai/not-a-real-model"), prompt_tokens, 700) == 0.0
     priced = Deployment("m", "openai/m", input_cost_per_token=1e-6, output_cost_per_token=2e-6)
     assert facts.cost_usd(priced, prompt_tokens, 700) == pytest.approx(prompt_tokens * 1e-6 + 700 * 2e-6)
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_workers_pipe_has_one_owner_whatever_the_loop(loop_kind: str) -> None:
+    """uvloop's pipe transports close their descriptor and also the file object it came in (uvloop #763):
+    when a collection ran in another thread, the second close took a descriptor reused meanwhile, and
+    Popen failed with EBADF (tests/test_replay_e2e.py, 4 runs in 5). The transport gets a descriptor of its
+    own, which under uvloop no file object closes; under asyncio's loop the file object is its one owner."""
+
+    async def hand_over(original: IO[bytes]) -> tuple[bool, bool]:
+        given = _pipe_for(asyncio.get_running_loop(), original)
+        owns = given.closefd  # type: ignore[attr-defined]  # (a FileIO)
+        if not owns:
+            os.close(given.fileno())
+        given.close()
+        return original.closed, owns
+
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    original = open(read_end, "rb")  # noqa: SIM115 - as Popen makes it
+    runner = uvloop.run if loop_kind == "uvloop" else asyncio.run
+    assert runner(hand_over(original)) == (True, loop_kind == "asyncio")
