@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
 import yaml
 
+from sandbox import PoolLimits, SandboxLimits, SandboxPool
 from tests.harness import MOCK_WINDOW_TOKENS, Mock, Redis, Server, StartProxy, proxy_config, start_server
 
 
@@ -64,3 +66,13 @@ def start_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartProxy
 def proxy(request: pytest.FixtureRequest, mock_upstream: Mock, start_proxy: StartProxy) -> Server:
     """The proxy in front of the mock, once per upstream backend."""
     return start_proxy(proxy_config(mock_upstream, upstream={"fast_path": request.param == "fast_path"}))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engine_pool() -> AsyncIterator[SandboxPool]:
+    """A sandbox pool for a module's engine tests (one warm worker, 5 s of CPU per block), in the module's
+    event loop: its tests run there too (`pytest.mark.asyncio(loop_scope="module")`)."""
+    pool = SandboxPool(SandboxLimits(cpu_s_per_block=5), PoolLimits(warm_workers=1))
+    await pool.start()
+    yield pool
+    await pool.aclose()

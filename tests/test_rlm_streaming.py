@@ -11,7 +11,6 @@ import httpx
 import openai
 import orjson
 import pytest
-import pytest_asyncio
 
 from proxy.cache import CachePolicy
 from proxy.config import RLMSettings
@@ -20,7 +19,7 @@ from proxy.rlm.budget import RunLimits
 from proxy.rlm.engine import ModelReply, RLMEngine, RunRequest, TextSink
 from proxy.rlm.events import BlockExecuted, BlockStarted, Event, RootReplied, RunFinished
 from proxy.upstream import connection_error
-from sandbox import PoolLimits, SandboxLimits, SandboxPool
+from sandbox import SandboxPool
 from tests.engine_fakes import UnlimitedModels
 from tests.harness import MASTER_KEY, Mock, StartProxy, rlm_config, start_server
 
@@ -57,14 +56,6 @@ class StreamingCaller(UnlimitedModels):
         return ModelReply(BLOCK + TRAILER, 10, 5, 0.0)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def pool() -> AsyncIterator[SandboxPool]:
-    pool = SandboxPool(SandboxLimits(cpu_s_per_block=5), PoolLimits(warm_workers=1))
-    await pool.start()
-    yield pool
-    await pool.aclose()
-
-
 def run(pool: SandboxPool | WaitingPool, caller: StreamingCaller) -> AsyncIterator[Event]:
     limits = RunLimits(max_iterations=3, max_depth=1, max_subcalls=10, max_cost_usd=None, timeout_s=60)
     request = RunRequest(messages=[{"role": "user", "content": "some context " * 100}], root_model="m",
@@ -73,8 +64,8 @@ def run(pool: SandboxPool | WaitingPool, caller: StreamingCaller) -> AsyncIterat
 
 
 @in_module_loop
-async def test_a_block_runs_while_the_root_model_still_writes(pool: SandboxPool) -> None:
-    events = [event async for event in run(pool, StreamingCaller())]
+async def test_a_block_runs_while_the_root_model_still_writes(engine_pool: SandboxPool) -> None:
+    events = [event async for event in run(engine_pool, StreamingCaller())]
     kinds = [type(event).__name__ for event in events]
     # Told in the order of a reply read whole, though the block started (and sent its sub-call) before the
     # reply it came in was complete, as the engine's own times show.
@@ -91,13 +82,14 @@ async def test_a_block_runs_while_the_root_model_still_writes(pool: SandboxPool)
 
 
 @in_module_loop
-async def test_a_reply_that_fails_mid_stream_fails_the_run_and_stops_its_block(pool: SandboxPool) -> None:
+async def test_a_reply_that_fails_mid_stream_fails_the_run_and_stops_its_block(
+        engine_pool: SandboxPool) -> None:
     caller = StreamingCaller(fail_after_block=True)
     with pytest.raises(Exception, match="the stream broke"):
-        async for _ in run(pool, caller):
+        async for _ in run(engine_pool, caller):
             pass
     # Nothing of the failed run is left running: the pool serves the next run at once.
-    events = [event async for event in run(pool, StreamingCaller())]
+    events = [event async for event in run(engine_pool, StreamingCaller())]
     assert isinstance(events[-1], RunFinished) and events[-1].answer == "42"
 
 
@@ -165,7 +157,8 @@ class FirstCallSignals(StreamingCaller):
 
 
 @in_module_loop
-async def test_the_first_root_call_does_not_wait_for_the_context_to_load(pool: SandboxPool) -> None:
+async def test_the_first_root_call_does_not_wait_for_the_context_to_load(engine_pool: SandboxPool) -> None:
     root_called = asyncio.Event()
-    events = [event async for event in run(WaitingPool(pool, root_called), FirstCallSignals(root_called))]
+    waiting = WaitingPool(engine_pool, root_called)
+    events = [event async for event in run(waiting, FirstCallSignals(root_called))]
     assert isinstance(events[-1], RunFinished) and events[-1].answer == "42"

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from proxy.cache import CachePolicy
 from proxy.config import RLMSettings
 from proxy.rlm.budget import RunLimits
 from proxy.rlm.engine import ModelReply, RLMEngine, RunRequest, TextSink
 from proxy.rlm.events import BlockExecuted, Event, RunFinished, SubcallsFinished
-from sandbox import PoolLimits, SandboxLimits, SandboxPool
+from sandbox import SandboxPool
 from tests.engine_fakes import UnlimitedModels
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")  # the pool lives in the module's loop
@@ -52,14 +50,6 @@ def kill_sandbox_workers() -> None:
             continue
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def pool() -> AsyncIterator[SandboxPool]:
-    pool = SandboxPool(SandboxLimits(cpu_s_per_block=5), PoolLimits(warm_workers=1))
-    await pool.start()
-    yield pool
-    await pool.aclose()
-
-
 async def run_events(pool: SandboxPool, caller: ScriptedCaller) -> list[Event]:
     limits = RunLimits(max_iterations=3, max_depth=1, max_subcalls=10, max_cost_usd=None, timeout_s=60)
     request = RunRequest(messages=[{"role": "user", "content": "some context " * 100}], root_model="m",
@@ -74,24 +64,24 @@ async def block_output(pool: SandboxPool, caller: ScriptedCaller) -> str:
     return next(event for event in await run_events(pool, caller) if isinstance(event, BlockExecuted)).output
 
 
-async def test_a_batch_is_answered_in_order(pool: SandboxPool) -> None:
+async def test_a_batch_is_answered_in_order(engine_pool: SandboxPool) -> None:
     caller = ScriptedCaller("print(llm_query_batched(['a' * 10, 'b' * 2000, 'c']))")
-    output = await block_output(pool, caller)
+    output = await block_output(engine_pool, caller)
     assert output.strip() == str([f"sub-model saw {n} characters" for n in (10, 2000, 1)])
     assert sorted(caller.subcall_prompts) == ["a" * 10, "b" * 2000, "c"]
 
 
-async def test_rlm_query_at_the_depth_limit_is_a_plain_sub_call(pool: SandboxPool) -> None:
+async def test_rlm_query_at_the_depth_limit_is_a_plain_sub_call(engine_pool: SandboxPool) -> None:
     caller = ScriptedCaller("print(rlm_query('Summarise.', 'the text'))")
-    assert await block_output(pool, caller) == "sub-model saw 20 characters\n"
+    assert await block_output(engine_pool, caller) == "sub-model saw 20 characters\n"
     assert caller.subcall_prompts == ["Summarise.\n\nthe text"]
 
 
-async def test_a_worker_dying_mid_batch_leaves_its_calls_accounted_for(pool: SandboxPool) -> None:
+async def test_a_worker_dying_mid_batch_leaves_its_calls_accounted_for(engine_pool: SandboxPool) -> None:
     """The first call starts as its prompt arrives and kills the worker: the prompts that never came are
     answered with errors and cost nothing, the call that went out ends as it would, and the run goes on."""
     caller = ScriptedCaller("print(llm_query_batched([c * 2_000_000 for c in 'abc']))", kill_workers=True)
-    events = await run_events(pool, caller)
+    events = await run_events(engine_pool, caller)
     finished = next(event for event in events if isinstance(event, SubcallsFinished))
     assert [call.text for call in finished.calls] == ["sub-model saw 2000000 characters"] + [
         "Error: the code's worker stopped before it sent this prompt"] * 2

@@ -4,12 +4,11 @@ is recorded; the end-to-end path (proxy, mock, openai SDK) is in test_rlm_tools_
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
-import pytest_asyncio
 
 from proxy.api.request import parse_chat_request
 from proxy.api.rlm import run_request
@@ -20,7 +19,7 @@ from proxy.rlm.budget import RunLimits
 from proxy.rlm.engine import ClientTools, ModelReply, RLMEngine, RunRequest, TextSink
 from proxy.rlm.events import RunFinished
 from proxy.rlm.prompts import build_input, context_card
-from sandbox import PoolLimits, SandboxLimits, SandboxPool
+from sandbox import SandboxPool
 from tests.engine_fakes import UnlimitedModels
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")  # the pool lives in the module's loop
@@ -65,14 +64,6 @@ class ScriptedCaller(UnlimitedModels):
         return ModelReply("sub", 1, 1, 0.0)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def pool() -> AsyncIterator[SandboxPool]:
-    pool = SandboxPool(SandboxLimits(cpu_s_per_block=5), PoolLimits(warm_workers=1))
-    await pool.start()
-    yield pool
-    await pool.aclose()
-
-
 async def run(pool: SandboxPool, caller: ScriptedCaller, tools: ClientTools | None = TOOLS,
               **limits: Any) -> RunFinished:
     run_limits = RunLimits(**{"max_iterations": 5, "max_depth": 1, "max_subcalls": 10, "max_cost_usd": None,
@@ -86,9 +77,9 @@ async def run(pool: SandboxPool, caller: ScriptedCaller, tools: ClientTools | No
 
 
 @in_module_loop
-async def test_a_tool_call_at_the_first_iteration_ends_the_run_with_it(pool: SandboxPool) -> None:
+async def test_a_tool_call_at_the_first_iteration_ends_the_run_with_it(engine_pool: SandboxPool) -> None:
     caller = ScriptedCaller(text("I need to read the file first.", (CALL,)))
-    finished = await run(pool, caller)
+    finished = await run(engine_pool, caller)
     assert finished.tool_calls == (CALL,)
     assert finished.finish_reason == "tool_calls"
     assert finished.answer == "I need to read the file first."
@@ -100,10 +91,11 @@ async def test_a_tool_call_at_the_first_iteration_ends_the_run_with_it(pool: San
 
 
 @in_module_loop
-async def test_a_tool_call_after_code_and_subcalls_ends_the_run_at_that_iteration(pool: SandboxPool) -> None:
+async def test_a_tool_call_after_code_and_subcalls_ends_the_run_at_that_iteration(
+        engine_pool: SandboxPool) -> None:
     caller = ScriptedCaller(code("print(len(context))"), code("print(llm_query('what is it?'))"),
                             text("", (CALL,)))
-    finished = await run(pool, caller)
+    finished = await run(engine_pool, caller)
     assert (finished.finish_reason, finished.tool_calls, finished.answer) == ("tool_calls", (CALL,), "")
     assert finished.stats.iterations == 3 and finished.stats.blocks == 2
     assert all("tools" in params for _, params in caller.root_calls)  # offered at every iteration
@@ -111,9 +103,9 @@ async def test_a_tool_call_after_code_and_subcalls_ends_the_run_at_that_iteratio
 
 
 @in_module_loop
-async def test_a_tool_call_next_to_code_is_not_made_and_the_model_is_told(pool: SandboxPool) -> None:
+async def test_a_tool_call_next_to_code_is_not_made_and_the_model_is_told(engine_pool: SandboxPool) -> None:
     caller = ScriptedCaller(text("```repl\nprint('looked')\n```", (CALL,)), text("FINAL(no file needed)"))
-    finished = await run(pool, caller)
+    finished = await run(engine_pool, caller)
     assert (finished.finish_reason, finished.tool_calls, finished.answer) == ("stop", (), "no file needed")
     feedback = caller.root_calls[1][0][-1]["content"]
     assert "looked" in feedback
@@ -121,13 +113,13 @@ async def test_a_tool_call_next_to_code_is_not_made_and_the_model_is_told(pool: 
 
 
 @in_module_loop
-async def test_the_final_request_at_a_limit_offers_no_tools(pool: SandboxPool) -> None:
+async def test_the_final_request_at_a_limit_offers_no_tools(engine_pool: SandboxPool) -> None:
     # This root model calls a tool whenever it may: at the limit it may not, and answers in text.
     def eager(messages: list[dict[str, str]], params: dict[str, Any]) -> ModelReply:
         return ModelReply("FINAL(best guess)", 1, 1, 0.0, tool_calls=(CALL,) if "tools" in params else ())
 
     caller = ScriptedCaller(code("x = 1"), code("x += 1"), eager)
-    finished = await run(pool, caller, max_iterations=2)
+    finished = await run(engine_pool, caller, max_iterations=2)
     assert (finished.finish_reason, finished.stopped) == ("length", "max_iterations")
     assert finished.answer == "best guess"
     assert finished.tool_calls == ()
@@ -135,10 +127,10 @@ async def test_the_final_request_at_a_limit_offers_no_tools(pool: SandboxPool) -
 
 
 @in_module_loop
-async def test_nested_runs_are_not_offered_the_clients_tools(pool: SandboxPool) -> None:
+async def test_nested_runs_are_not_offered_the_clients_tools(engine_pool: SandboxPool) -> None:
     caller = ScriptedCaller(code("print(rlm_query('summarise', context='abc'))"), text("FINAL(nested)"),
                             text("", (CALL,)))
-    finished = await run(pool, caller, max_depth=2)
+    finished = await run(engine_pool, caller, max_depth=2)
     assert finished.tool_calls == (CALL,) and finished.stats.max_depth == 2
     (_, top), (nested_messages, nested), _ = caller.root_calls
     assert "tools" in top and "tools" not in nested
@@ -146,9 +138,9 @@ async def test_nested_runs_are_not_offered_the_clients_tools(pool: SandboxPool) 
 
 
 @in_module_loop
-async def test_without_tools_the_prompt_does_not_mention_them(pool: SandboxPool) -> None:
+async def test_without_tools_the_prompt_does_not_mention_them(engine_pool: SandboxPool) -> None:
     caller = ScriptedCaller(text("FINAL(done)"))
-    finished = await run(pool, caller, tools=None)
+    finished = await run(engine_pool, caller, tools=None)
     assert finished.finish_reason == "stop"
     messages, params = caller.root_calls[0]
     assert "tools" not in params and "offers you its own tools" not in messages[0]["content"]
