@@ -86,6 +86,7 @@ async def test_a_worker_dying_mid_batch_leaves_its_calls_accounted_for(engine_po
     assert [call.text for call in finished.calls] == ["sub-model saw 2000000 characters"] + [
         "Error: the code's worker stopped before it sent this prompt"] * 2
     assert finished.errors == 2 and caller.subcall_prompts == ["a" * 2_000_000]
+    assert [call.prompt_chars for call in finished.calls] == [2_000_000] * 3  # as the worker announced them
     executed = next(event for event in events if isinstance(event, BlockExecuted))
     assert executed.outcome == "killed"
     done = events[-1]

@@ -347,7 +347,7 @@ class RLMEngine:
             if not arriving.text.cancelled() or (current is not None and current.cancelling()):
                 raise  # the run itself is being cancelled
             return _failed_call(run, model, "", reserved_usd, started, "the code's worker stopped before it "
-                                "sent this prompt")
+                                "sent this prompt", prompt_chars=arriving.chars)
         async with run.subcalls:
             started = time.monotonic()
             try:
@@ -372,15 +372,17 @@ class RLMEngine:
         return answer.text
 
 
-def _failed_call(run: _Run, model: str, prompt: str, reserved_usd: float, started: float,
-                 error: str) -> ModelCall:
-    """A sub-call that cost nothing and answers the code with the error."""
+def _failed_call(run: _Run, model: str, prompt: str, reserved_usd: float, started: float, error: str,
+                 prompt_chars: int | None = None) -> ModelCall:
+    """A sub-call that cost nothing and answers the code with the error (`prompt_chars`: the size the worker
+    announced, for a prompt that never arrived)."""
     run.budget.settle(reserved_usd, 0.0)
     run.stats.subcall_errors += 1
     duration_s = time.monotonic() - started
-    return ModelCall(model=model, prompt_chars=len(prompt), text=f"Error: {error}", error=error,
-                     prompt_tokens=0, completion_tokens=0, cost_usd=0.0, cached=False, duration_s=duration_s,
-                     cache_key="", prompt=prompt, started_at=time.time() - duration_s)
+    return ModelCall(model=model, prompt_chars=len(prompt) if prompt_chars is None else prompt_chars,
+                     text=f"Error: {error}", error=error, prompt_tokens=0, completion_tokens=0, cost_usd=0.0,
+                     cached=False, duration_s=duration_s, cache_key="", prompt=prompt,
+                     started_at=time.time() - duration_s)
 
 
 class _Emitter:
