@@ -124,6 +124,13 @@ def test_the_records_directory_must_be_writable(tmp_path: Any) -> None:
         Settings(trajectories={"dir": str(tmp_path / "missing")})
 
 
+def run_of(messages: list[dict[str, Any]]) -> RunRequest:
+    """A run on `messages`, as the recorder sees one (its limits do not matter here)."""
+    return RunRequest(messages=messages, root_model="m", sub_model="m", cache=CachePolicy(""),
+                      limits=RunLimits(max_iterations=1, max_depth=1, max_subcalls=0, max_cost_usd=None,
+                                       timeout_s=1))
+
+
 @pytest.mark.parametrize("messages", [
     [{"role": "system", "content": "Be brief."}, {"role": "developer", "content": "Cite."},
      {"role": "user", "content": [{"type": "text", "text": "the whole input"}]}],
@@ -135,9 +142,7 @@ def test_the_records_directory_must_be_writable(tmp_path: Any) -> None:
 ])
 def test_a_stored_input_gives_the_engine_the_recorded_input_again(messages: list[dict[str, Any]]) -> None:
     """A replay without the request's messages rebuilds them from the stored context and system text."""
-    run = RunRequest(messages=messages, root_model="m", sub_model="m", cache=CachePolicy(""),
-                     limits=RunLimits(max_iterations=1, max_depth=1, max_subcalls=0, max_cost_usd=None,
-                                      timeout_s=1))
+    run = run_of(messages)
     run_input = build_input(messages)
     text = context_text(run_input.context)
     shape = input_shape(run, run_input, text, store_context=True)
@@ -153,9 +158,7 @@ def test_a_run_that_ends_before_its_input_is_hashed_gets_its_digests_all_the_sam
     """The input is hashed in a thread while the run works: a run that ended first is saved again with
     its digests (a replay and the viewer read them from the record)."""
     context = "the whole input " * 200_000
-    run = RunRequest(messages=[{"role": "user", "content": context}], root_model="m", sub_model="m",
-                     cache=CachePolicy(""), limits=RunLimits(max_iterations=1, max_depth=1, max_subcalls=0,
-                                                             max_cost_usd=None, timeout_s=1))
+    run = run_of([{"role": "user", "content": context}])
     identity = Identity(key_hash="k" * 64, alias="someone")
 
     async def events() -> AsyncIterator[Event]:
